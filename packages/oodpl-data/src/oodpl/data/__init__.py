@@ -1,0 +1,3 @@
+"""oodpl.data — see packages/oodpl-data/README.md."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+"""oodpl.models — see packages/oodpl-models/README.md."""
+
+__version__ = "0.1.0"
