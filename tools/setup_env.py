@@ -99,6 +99,20 @@ def install_packages(python: Path, dev: bool) -> None:
     run([*pip, "--no-build-isolation", "deepspeed>=0.16"], env=env)
     if dev:
         run([*pip, *DEV_TOOLS])
+        ensure_chromium()
+
+
+def ensure_chromium() -> None:
+    """The HTML-report test renders in headless Chromium; install Debian's package when we can."""
+    if any(shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")):
+        return
+    can_apt = shutil.which("apt-get") is not None and hasattr(os, "geteuid") and os.geteuid() == 0
+    if not can_apt:
+        log("chromium not found and apt-get unavailable: install Chromium for the browser test")
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    run(["apt-get", "update", "-qq"], env=env)
+    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"], env=env)
 
 
 def main(argv: list[str] | None = None) -> int:
