@@ -21,7 +21,9 @@ including imports inside functions and ``TYPE_CHECKING`` blocks) and reports, as
 - a ``src/oodpl/__init__.py`` (``oodpl`` is a PEP 420 namespace) and a ``__version__`` that
   differs from the pyproject version.
 
-Exit status 0 when clean, 1 on any violation. Standard library only, Python >= 3.10 (``tomli``
+Dynamic imports (``importlib.import_module("x")``) are not seen; the import-time test in
+tests/test_boundaries.py covers oodpl.core at runtime. Exit status 0 when clean, 1 on any
+violation. Standard library only, Python >= 3.10 (``tomli``
 is used on 3.10, where ``tomllib`` does not exist).
 """
 
