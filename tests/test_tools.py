@@ -12,7 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import tomllib
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: tomli, or the copy pip vendors
+    try:
+        import tomli as tomllib
+    except ImportError:
+        from pip._vendor import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 BUMP = REPO / "tools" / "bump_version.py"

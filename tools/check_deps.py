@@ -23,8 +23,8 @@ including imports inside functions and ``TYPE_CHECKING`` blocks) and reports, as
 
 Dynamic imports (``importlib.import_module("x")``) are not seen; the import-time test in
 tests/test_boundaries.py covers oodpl.core at runtime. Exit status 0 when clean, 1 on any
-violation. Standard library only, Python >= 3.10 (``tomli``
-is used on 3.10, where ``tomllib`` does not exist).
+violation. Standard library only, Python >= 3.10 (on 3.10, which lacks ``tomllib``, it uses
+``tomli`` or the copy pip vendors).
 """
 
 from __future__ import annotations
@@ -39,7 +39,10 @@ from pathlib import Path
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
+    try:
+        import tomli as tomllib
+    except ImportError:
+        from pip._vendor import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 
