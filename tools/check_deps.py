@@ -296,11 +296,41 @@ def imported_modules(package: Package, path: Path, tree: ast.AST) -> list[tuple[
     return found
 
 
+def import_problem(package: Package, module: str, known: dict[str, Package]) -> str | None:
+    """Why ``package`` may not import ``module`` (``None`` if it may)."""
+    parts = module.split(".")
+    top = parts[0]
+    pyproject = _relative(package.pyproject, package.directory.parent.parent)
+    if top == NAMESPACE:
+        target = parts[1] if len(parts) > 1 else package.short  # bare ``import oodpl``: fine
+        allowed = ALLOWED_INTERNAL.get(package.short, frozenset())
+        if target == package.short:
+            return None
+        if target not in known:
+            return f"imports unknown package {NAMESPACE}.{target}"
+        if target not in allowed:
+            listing = _listing(allowed)
+            return f"{package.name} must not import {NAMESPACE}.{target} (allowed: {listing})"
+        if known[target].name not in package.declared():
+            dist = known[target].name
+            return f"imports {NAMESPACE}.{target} but {dist} is not declared in {pyproject}"
+        return None
+    if top in sys.stdlib_module_names or top == "__future__":
+        return None
+    if package.short == "core" and top not in CORE_THIRD_PARTY:
+        allowed_text = _listing(CORE_THIRD_PARTY)
+        return f"oodpl.core may import only {allowed_text} and the standard library, not {top}"
+    distribution = normalize_name(IMPORT_TO_DISTRIBUTION.get(top, top))
+    if distribution not in package.declared():
+        return (
+            f"imports {top} (distribution {distribution!r}) but {pyproject} does not declare it "
+            "in dependencies or optional-dependencies"
+        )
+    return None
+
+
 def check_imports(package: Package, known: dict[str, Package], out: list[Violation]) -> int:
     """Check every import in the package's sources; return the number of files read."""
-    root = package.directory.parent.parent
-    allowed = ALLOWED_INTERNAL.get(package.short, frozenset())
-    declared = package.declared()
     files = sorted(package.source_dir.rglob("*.py")) if package.source_dir.is_dir() else []
     for path in files:
         try:
@@ -309,111 +339,52 @@ def check_imports(package: Package, known: dict[str, Package], out: list[Violati
             out.append(Violation(path, error.lineno or 1, f"syntax error: {error.msg}"))
             continue
         for line, module in imported_modules(package, path, tree):
-            parts = module.split(".")
-            top = parts[0]
-            if top == NAMESPACE:
-                if len(parts) < 2:
-                    continue  # bare ``import oodpl``: the namespace itself
-                target = parts[1]
-                if target == package.short:
-                    continue
-                if target not in known:
-                    out.append(
-                        Violation(path, line, f"imports unknown package {NAMESPACE}.{target}")
-                    )
-                elif target not in allowed:
-                    out.append(
-                        Violation(
-                            path,
-                            line,
-                            f"{package.name} must not import {NAMESPACE}.{target} "
-                            f"(allowed: {_listing(allowed)})",
-                        )
-                    )
-                elif known[target].name not in declared:
-                    out.append(
-                        Violation(
-                            path,
-                            line,
-                            f"imports {NAMESPACE}.{target} but {known[target].name} is not "
-                            f"declared in {_relative(package.pyproject, root)}",
-                        )
-                    )
-                continue
-            if top in sys.stdlib_module_names or top == "__future__":
-                continue
-            if package.short == "core" and top not in CORE_THIRD_PARTY:
-                out.append(
-                    Violation(
-                        path,
-                        line,
-                        f"oodpl.core may import only {_listing(CORE_THIRD_PARTY)} and the standard "
-                        f"library, not {top}",
-                    )
-                )
-                continue
-            distribution = normalize_name(IMPORT_TO_DISTRIBUTION.get(top, top))
-            if distribution not in declared:
-                out.append(
-                    Violation(
-                        path,
-                        line,
-                        f"imports {top} (distribution {distribution!r}) but "
-                        f"{_relative(package.pyproject, root)} does not "
-                        "declare it in dependencies or optional-dependencies",
-                    )
-                )
+            problem = import_problem(package, module, known)
+            if problem is not None:
+                out.append(Violation(path, line, problem))
     return len(files)
 
 
 def check_declarations(package: Package, known: dict[str, Package], out: list[Violation]) -> None:
     """Declared sibling edges, sibling ranges, core's required dependencies."""
+
+    def report(line: int, message: str) -> None:
+        out.append(Violation(package.pyproject, line, message))
+
     allowed = ALLOWED_INTERNAL.get(package.short)
     if allowed is None:
-        out.append(
-            Violation(
-                package.pyproject,
-                package.line_of("name"),
-                f"{package.name} is not in ALLOWED_INTERNAL of tools/check_deps.py; "
-                "add its allowed edges there",
-            )
+        report(
+            package.line_of("name"),
+            f"{package.name} is missing from ALLOWED_INTERNAL in tools/check_deps.py",
         )
         allowed = frozenset()
     by_name = {pkg.name: pkg for pkg in known.values()}
     for req in [*package.required, *package.optional]:
         line = package.line_of(req.raw)
-        if req.name == package.name:
-            continue  # self-reference in an extra, e.g. "oodpl-models[gguf]"
-        if req.name.startswith(DIST_PREFIX):
-            sibling = by_name.get(req.name)
-            if sibling is None:
-                out.append(Violation(package.pyproject, line, f"unknown sibling {req.name}"))
-                continue
-            if sibling.short not in allowed:
-                out.append(
-                    Violation(
-                        package.pyproject,
-                        line,
-                        f"{package.name} must not depend on {req.name} "
-                        f"(allowed: {_listing(allowed)})",
-                    )
-                )
-            _check_sibling_range(package, req, sibling, line, out)
+        if req.name == package.name or not req.name.startswith(DIST_PREFIX):
+            continue  # third-party, or a self-reference in an extra ("oodpl-models[gguf]")
+        sibling = by_name.get(req.name)
+        if sibling is None:
+            report(line, f"unknown sibling {req.name}")
+            continue
+        if sibling.short not in allowed:
+            report(
+                line, f"{package.name} must not depend on {req.name} (allowed: {_listing(allowed)})"
+            )
+        problem = sibling_range_problem(req, sibling)
+        if problem is not None:
+            report(line, problem)
     if package.short == "core":
         for req in package.required:
             if req.name not in CORE_THIRD_PARTY:
-                out.append(
-                    Violation(
-                        package.pyproject,
-                        package.line_of(req.raw),
-                        f"oodpl-core may require only {_listing(CORE_THIRD_PARTY)}, not {req.name}",
-                    )
+                only = _listing(CORE_THIRD_PARTY)
+                report(
+                    package.line_of(req.raw), f"oodpl-core may require only {only}, not {req.name}"
                 )
 
 
-def _check_sibling_range(
-    package: Package, req: Requirement, sibling: Package, line: int, out: list[Violation]
-) -> None:
+def sibling_range_problem(req: Requirement, sibling: Package) -> str | None:
+    """Why ``req`` is not a compatible range holding ``sibling``'s current version, or ``None``."""
     expected = (
         f"expected a compatible range such as {sibling.name}{compatible_range(sibling.version)}"
     )
@@ -426,15 +397,13 @@ def _check_sibling_range(
         elif not satisfies(sibling.version, req.spec):
             problem = f"{req.raw!r} excludes the current {sibling.name} {sibling.version}"
         elif satisfies(next_breaking(sibling.version), req.spec):
-            problem = (
-                f"{req.raw!r} admits {next_breaking(sibling.version)}, which may break "
-                f"{sibling.name} {sibling.version}'s API"
-            )
+            breaking = next_breaking(sibling.version)
+            problem = f"{req.raw!r} admits {breaking}, which may break {sibling.name}'s API"
         else:
-            return
+            return None
     except ValueError as error:
         problem = f"{req.raw!r}: {error}"
-    out.append(Violation(package.pyproject, line, f"{problem}; {expected}"))
+    return f"{problem}; {expected}"
 
 
 def check_layout(package: Package, out: list[Violation]) -> None:

@@ -102,7 +102,7 @@ def min_norm_weights(gradients: Tensor, *, tol: float = 1e-5, max_iter: int = 10
           pairs); then Frank–Wolfe: with ``u = Σ λ_j g_j``, pick the vertex
           ``t = argmin_i (Vλ)_i = argmin_i ⟨g_i, u⟩`` and set ``λ ← γ λ + (1 − γ) e_t`` where γ
           is the two-point formula for the segment ``[u, g_t]`` (``v11 = λᵀVλ``,
-          ``v12 = (Vλ)_t``, ``v22 = V_tt``). This is the solver of Sener & Koltun (MGDA-UB).
+          ``v12 = (Vλ)_t``, ``v22 = V_tt``), the MinNormSolver of Sener & Koltun (2018).
     """
     grads = _check_gradients(gradients)
     tol = check_positive("tol", tol)
