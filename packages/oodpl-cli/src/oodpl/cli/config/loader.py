@@ -154,6 +154,7 @@ def _coerce(value: Any, tp: Any, key: str, origins: _Origins) -> Any:
         if _is_section(inner):
             return _build(inner, {}, f"{key}.", origins)
         raise origins.error(key, f"{key}: expected {describe_type(tp)}, got null")
+    shown = tp
     tp = inner
     if get_origin(tp) is Literal:
         return _coerce_choice(value, tp, key, origins)
@@ -167,11 +168,11 @@ def _coerce(value: Any, tp: Any, key: str, origins: _Origins) -> Any:
                 key, f"{key}: expected {describe_type(tp)}, got {_kind_of(value)} {value!r}"
             )
         return _build(tp, value, f"{key}.", origins)
-    return _coerce_scalar(value, tp, key, origins)
+    return _coerce_scalar(value, tp, key, origins, shown)
 
 
-def _coerce_scalar(value: Any, tp: type, key: str, origins: _Origins) -> Any:
-    expected = f"{key}: expected {describe_type(tp)}"
+def _coerce_scalar(value: Any, tp: type, key: str, origins: _Origins, shown: Any) -> Any:
+    expected = f"{key}: expected {describe_type(shown)}"
     text = value.strip() if isinstance(value, CliText) else None
     if tp is str:
         if isinstance(value, str):
