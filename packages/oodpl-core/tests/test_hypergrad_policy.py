@@ -235,10 +235,10 @@ def test_implicit_matches_finite_differences_of_the_converged_solution(
     inner, outer, theta0, phi, full_batch, outer_batch = converged_problem()
     errors = []
     for steps in (3, 150):
+        batches = [full_batch] * steps
         result = implicit_hypergradient(
-            inner, outer, theta0, phi, [full_batch] * steps, outer_batch, lr=0.8, method=method,
-            **options,
-        )  # fmt: skip
+            inner, outer, theta0, phi, batches, outer_batch, lr=0.8, method=method, **options
+        )
         errors.append(rel_err(result.grad, fd_converged))
     print(f"{method}: relative error vs FD of θ*(φ) after K = 3 and 150 inner steps:", errors)
     assert errors[1] < 1e-3

@@ -228,10 +228,18 @@ def meta_train(
         per_domain: dict[str, dict[str, float]] = {}
         for name in chosen:
             support, query = streams[name]
+            support_batches, query_batch = support.take(k_steps), query.next()
             res = hypergradient(
-                inner_loss, outer_loss, theta, detach(phi_checked), support.take(k_steps),
-                query.next(), lr=alpha, method=method, **options,
-            )  # fmt: skip
+                inner_loss,
+                outer_loss,
+                theta,
+                detach(phi_checked),
+                support_batches,
+                query_batch,
+                lr=alpha,
+                method=method,
+                **options,
+            )
             grads.append(res.grad)
             per_domain[name] = {
                 "inner_loss_first": res.inner_losses[0],
@@ -307,8 +315,8 @@ def meta_test(
     rate = check_positive(lr, "lr")
     every = check_int(eval_every, "eval_every", minimum=1)
     frozen = detach(check_params(phi, "phi"))
-    theta = {k: v.detach().clone().requires_grad_(True) for k, v in check_params(
-        theta_init, "theta_init").items()}  # fmt: skip
+    start = check_params(theta_init, "theta_init")
+    theta = {k: v.detach().clone().requires_grad_(True) for k, v in start.items()}
     stream = _BatchStream(support, "support")
     selection = None if selection_batches is None else list(selection_batches)
     if selection is not None and not selection:

@@ -324,10 +324,8 @@ def check_hypergradient(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-    result = hypergradient(
-        inner_loss, outer_loss, theta0, phi, inner_batches, outer_batch, lr=lr, method=method,
-        **options,
-    )  # fmt: skip
+    args = (inner_loss, outer_loss, theta0, phi, inner_batches, outer_batch)
+    result = hypergradient(*args, lr=lr, method=method, **options)
     truncate = options.get("truncate") if method in ("truncated", "first_order") else None
     if method == "truncated" and truncate is None:
         truncate = 1  # truncated_hypergradient's default
