@@ -67,6 +67,17 @@ def test_oasst_parquet_export_layout(tmp_path, fixtures, jsonl_rows):
         load("oasst1", tmp_path / "oasst1" / "nothing-here")
 
 
+def test_oasst_parent_with_no_ranked_reply_counts_only_replies(tmp_path, raw_lines):
+    rows = [
+        {"message_id": "r", "parent_id": None, "role": "prompter", "text": "Q", "lang": "en"},
+        {"message_id": "x", "parent_id": "r", "role": "assistant", "text": "A", "rank": None},
+        {"message_id": "y", "parent_id": "r", "role": "assistant", "text": "B", "rank": None},
+    ]
+    path = raw_lines(tmp_path / "m.messages.jsonl", [json.dumps(r) for r in rows])
+    result = load("oasst1", path)
+    assert len(result) == 0 and result.summary.filtered == {"unranked": 2}
+
+
 def test_oasst_missing_parent_and_bad_role(fixtures, tmp_path, jsonl_rows, raw_lines):
     messages = jsonl_rows(fixtures / "oasst1" / "2023-04-12_oasst_ready.messages.jsonl.gz")
     orphaned = [m for m in messages if m["message_id"] != "p2"]

@@ -105,6 +105,17 @@ def test_malformed_json_line_lenient(fixture_copy):
     assert len(result) == 6 and result.summary.skipped == {"malformed_json": 1}
 
 
+def test_empty_file(fixture_copy):
+    root = fixture_copy("shp")
+    path = root / "askdocs" / "train.json"
+    path.write_text("")
+    with pytest.raises(DataFormatError) as info:
+        load("shp", root)
+    assert (info.value.path, info.value.reason) == (str(path), "empty_file")
+    result = load("shp", root, lenient=True)
+    assert len(result) == 4 and result.summary.skipped == {"empty_file": 1}
+
+
 def test_empty_text_follows_on_invalid(fixture_copy):
     root = fixture_copy("shp")
     _edit_line(root / "askdocs" / "train.json", 1, lambda r: r.update(human_ref_B=" "))

@@ -172,7 +172,8 @@ class RecordCollector:
 
     def filter(self, reason: str, n: int = 1) -> None:
         """Count ``n`` rows left out by design under ``reason``."""
-        self.summary.filtered[reason] += n
+        if n:
+            self.summary.filtered[reason] += n
 
     def add_file(self, path: object) -> None:
         self.summary.files.append(str(path))

@@ -195,7 +195,8 @@ def _pairs_for(
         else:
             ranked.append((reply.rank, len(ranked), reply))
     if len(ranked) < 2:
-        collector.filter("single_ranked_reply", len(ranked))
+        if ranked:
+            collector.filter("single_ranked_reply")
         return
     ranked.sort(key=lambda t: (t[0], t[1]))
     try:
