@@ -23,6 +23,15 @@ from oodpl.core.testing import check_hypergradient
 DT = torch.float64
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors gain nothing from intra-op threads; on a loaded machine they cost 10-100x."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def toy(seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(8, 3, generator=gen, dtype=DT)

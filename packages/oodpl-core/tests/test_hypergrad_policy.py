@@ -30,6 +30,17 @@ from oodpl.core.hypergrad import (
 from oodpl.core.losses import policy_preference_loss, reward_weighted_regression_loss
 
 DT = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors gain nothing from intra-op threads; on a loaded machine they cost 10-100x."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 N_PROMPTS, N_CAND, D_POLICY, D_REWARD = 12, 4, 5, 3
 
 

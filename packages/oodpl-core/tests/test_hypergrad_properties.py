@@ -13,6 +13,7 @@ Properties that hold exactly (up to round-off) for all methods:
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,6 +27,17 @@ from oodpl.core.hypergrad import (
 from oodpl.core.losses import reward_weighted_regression_loss
 
 DT = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors gain nothing from intra-op threads; on a loaded machine they cost 10-100x."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 OPTIONS = {
     "unrolled": {},
     "truncated": {"truncate": 2},

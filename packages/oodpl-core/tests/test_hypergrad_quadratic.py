@@ -25,6 +25,17 @@ from oodpl.core.hypergrad import (
 )
 
 DT = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors gain nothing from intra-op threads; on a loaded machine they cost 10-100x."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 THETA_SHAPES = {"W": (2, 3), "b": (4,)}  # n = 10
 PHI_SHAPES = {"u": (3,), "M": (2, 2)}  # m = 7 live entries (+ an unused one)
 N_THETA = 10

@@ -23,6 +23,15 @@ from oodpl.core.testing import (
 DT = torch.float64
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors gain nothing from intra-op threads; on a loaded machine they cost 10-100x."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 class _WrongGradient(torch.autograd.Function):
     """x ↦ sin(x) with a deliberately wrong backward (cos(x) * 1.01)."""
 
