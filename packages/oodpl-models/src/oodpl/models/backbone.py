@@ -56,6 +56,11 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long() * (positions + 1)).argmax(dim=1)
 
 
+def head_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Precision of heads and log-softmax: float32, or float64 for a float64 model."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def scored_sequence(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, attention mask) of the sequence whose tokens are scored (decoder side for T5)."""
     if "decoder_input_ids" in batch:

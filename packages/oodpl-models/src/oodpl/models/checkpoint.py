@@ -36,7 +36,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from oodpl.models.backbone import unwrap
 from oodpl.models.errors import CheckpointError
 from oodpl.models.loading import load_language_model, load_tokenizer
-from oodpl.models.lora import LoraSpec
+from oodpl.models.lora import LoraSpec, intended_untying
 
 CONFIG_NAME = "oodpl_config.json"
 ADAPTER_DIR = "adapter"
@@ -189,7 +189,8 @@ def load_checkpoint(
         adapter = root / (config.get("adapter_dir") or ADAPTER_DIR)
         if not (adapter / "adapter_config.json").is_file():
             raise CheckpointError(f"{adapter / 'adapter_config.json'} is missing (LoRA checkpoint)")
-        model = PeftModel.from_pretrained(lm, adapter, is_trainable=trainable)
+        with intended_untying():
+            model = PeftModel.from_pretrained(lm, adapter, is_trainable=trainable)
     tensors = {}
     for name, file_name in (config.get("tensors") or {}).items():
         path = root / file_name
@@ -203,7 +204,8 @@ def merge_lora(model: nn.Module) -> PreTrainedModel:
     """A merged copy of a peft-wrapped LM (``W + scale·BA``; trained LM-head copy kept)."""
     if not isinstance(model, PeftModel):
         return copy.deepcopy(unwrap(model))
-    merged = copy.deepcopy(model).merge_and_unload()
+    with intended_untying():
+        merged = copy.deepcopy(model).merge_and_unload()
     _untie_if_diverged(merged)
     return merged
 

@@ -10,7 +10,9 @@ is what ``oodpl.core.hypergrad`` differentiates through (METHODS §3).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -30,8 +32,10 @@ class LoraSpec:
 
     ``target_modules=None`` uses peft's default for the architecture (GPT-NeoX:
     ``query_key_value``; Gemma/Llama: ``q_proj, v_proj``; T5: ``q, v``). ``train_lm_head`` (policies
-    only) also trains a copy of the LM head (peft ``modules_to_save``), as in [OODPL]; with tied
-    embeddings the copy is untied from the input embeddings.
+    only) also trains a copy of the LM head (peft ``modules_to_save``), as in [OODPL]. With tied
+    embeddings (Gemma, T5) the trained copy is untied from the input embeddings, which stay
+    frozen (peft's ``ensure_weight_tying`` breaks T5's shared embeddings in peft 0.21, so it is
+    not used); merging writes an untied checkpoint (``tie_word_embeddings=False``).
     """
 
     r: int = 8
@@ -87,6 +91,16 @@ def module_name_of(model: nn.Module, target: nn.Module) -> str:
     raise ValueError(f"module {type(target).__name__} is not part of {type(model).__name__}")
 
 
+@contextlib.contextmanager
+def intended_untying() -> Iterator[None]:
+    """Silence peft's warnings about the LM-head copy untying tied embeddings (intended, see
+    :class:`LoraSpec`); other warnings pass through."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*tie_word_embeddings=True.*")
+        warnings.filterwarnings("ignore", message=".*no longer tied after merging.*")
+        yield
+
+
 def apply_lora(model: PreTrainedModel, spec: LoraSpec, *, train_lm_head: bool) -> PeftModel:
     """Wrap ``model`` with a fresh LoRA adapter (B = 0, so outputs are unchanged at first)."""
     if not isinstance(model, PreTrainedModel):
@@ -108,7 +122,8 @@ def apply_lora(model: PreTrainedModel, spec: LoraSpec, *, train_lm_head: bool) -
         **dict(spec.extra),
     )
     try:
-        return get_peft_model(model, config)
+        with intended_untying():
+            return get_peft_model(model, config)
     except ValueError as error:
         linear = sorted(
             {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
@@ -158,6 +173,21 @@ def functional_forward(
     """
     check_param_names(module, params)
     return torch.func.functional_call(module, dict(params), args, kwargs, tie_weights=True)
+
+
+@contextlib.contextmanager
+def second_order_attention() -> Iterator[None]:
+    """Restrict SDPA to its math kernel, which has a double backward (METHODS §3).
+
+    The fused SDPA kernels (flash / efficient / cuDNN, and the flash kernel PyTorch picks on CPU)
+    have no derivative of their backward, so Hessian-vector products through a model built with
+    ``attn_implementation="sdpa"`` fail outside this context. ``"eager"`` attention works without
+    it (its softmax runs in float32, so float64 checks are limited to ~1e-7 relative precision).
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield
 
 
 def detached_copy(params: Mapping[str, torch.Tensor], *, requires_grad: bool = True) -> Params:

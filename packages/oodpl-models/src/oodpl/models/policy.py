@@ -27,6 +27,7 @@ from transformers import PreTrainedTokenizerBase
 
 from oodpl.models.backbone import (
     TransformerWrapper,
+    head_dtype,
     hidden_states,
     output_head_error,
     output_logits,
@@ -45,7 +46,8 @@ HEAD_CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
 
 
 class Policy(TransformerWrapper):
-    """``sequence_logps(batch) -> (sum_logps [B] float32, n_tokens [B] long)``.
+    """``sequence_logps(batch) -> (sum_logps [B] float32, n_tokens [B] long)`` (float64 sums for a
+    float64 LM).
 
     ``forward`` is :meth:`sequence_logps` for a sequence batch and :meth:`preference_logps` for a
     pair batch, so :meth:`functional_sequence_logps` covers both. Trainable: LoRA adapters (+ LM
@@ -173,7 +175,7 @@ class Policy(TransformerWrapper):
         else:
             logits = self._full_logits(batch)[:, :-1][targets_mask.to(self.device)]
         targets = ids[:, 1:][targets_mask].to(logits.device)
-        logps = torch.log_softmax(logits.float(), dim=-1)
+        logps = torch.log_softmax(logits.to(head_dtype(logits.dtype)), dim=-1)
         picked = logps.gather(-1, targets[:, None]).squeeze(-1)
         rows = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(targets_mask)
         return picked, rows[targets_mask].to(picked.device)

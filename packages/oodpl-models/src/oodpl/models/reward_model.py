@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from oodpl.models.backbone import (
     TransformerWrapper,
+    head_dtype,
     hidden_states,
     last_token_index,
     scored_sequence,
@@ -54,7 +55,8 @@ class RewardModel(TransformerWrapper):
 
     ``forward(batch)`` is :meth:`rewards` for a sequence batch and :meth:`preference_rewards` for a
     pair batch, so :meth:`functional_rewards` (``torch.func.functional_call``) covers both.
-    Rewards are float32 (the value head runs in float32 whatever the LM's dtype).
+    Rewards are float32 (the value head runs in float32 whatever the LM's dtype; float64 for a
+    float64 LM, e.g. for finite-difference checks).
     """
 
     kind = "reward_model"
@@ -88,7 +90,7 @@ class RewardModel(TransformerWrapper):
                 f"value_head has in_features {value_head.in_features}, the LM's hidden size is "
                 f"{hidden_size}"
             )
-        self.value_head = value_head.to(device=self.device, dtype=torch.float32)
+        self.value_head = value_head.to(device=self.device, dtype=head_dtype(self.lm.dtype))
         self.value_head.requires_grad_(True)
 
     # -- construction --------------------------------------------------------------------------
@@ -166,8 +168,8 @@ class RewardModel(TransformerWrapper):
         state = loaded.tensors.get(VALUE_HEAD)
         if state is None or set(state) != {"weight", "bias"}:
             raise CheckpointError(f"{directory}: value_head.safetensors needs 'weight' and 'bias'")
-        head = nn.Linear(state["weight"].shape[1], 1, dtype=torch.float32)
-        head.load_state_dict({k: v.float() for k, v in state.items()})
+        head = nn.Linear(state["weight"].shape[1], 1, dtype=state["weight"].dtype)
+        head.load_state_dict(state)
         return cls(loaded.model, loaded.tokenizer, lora=loaded.lora, value_head=head)
 
     def _extra_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -189,7 +191,7 @@ class RewardModel(TransformerWrapper):
         _, mask = scored_sequence(batch)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         pooled = hidden[rows, last_token_index(mask).to(hidden.device)]
-        return self.value_head(pooled.float()).squeeze(-1)
+        return self.value_head(pooled.to(self.value_head.weight.dtype)).squeeze(-1)
 
     def preference_rewards(
         self, pair_batch: Mapping[str, torch.Tensor]
