@@ -318,7 +318,9 @@ def _overview(path: Path, env: Mapping[str, Any] | None, config_text: str | None
             rows.append(["device", ", ".join(f"{k}={v}" for k, v in device.items())])
         rows.append(["python", str(env.get("python", "–"))])
         packages = env.get("packages") or {}
-        rows += [[name, str(version)] for name, version in packages.items() if version]
+        installed = [f"{name} {version}" for name, version in packages.items() if version]
+        if installed:
+            rows.append(["packages", ", ".join(installed)])
     blocks.append(Table(["", "value"], rows))
     if config.get("notes"):
         blocks.append(Paragraph(str(config["notes"])))

@@ -8,6 +8,7 @@ straight from disk, with no server.
 from __future__ import annotations
 
 import base64
+import re
 from html import escape
 
 from oodpl.cli.report.document import (
@@ -20,14 +21,15 @@ from oodpl.cli.report.document import (
     anchor,
 )
 
+_NUMERIC = re.compile(r"^[\s\d.,+\-–±e\[\]]+$")
 _STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2rem auto;
        max-width: 1100px; padding: 0 1rem; color: #1f2328; background: #ffffff; line-height: 1.5; }
 h1 { border-bottom: 2px solid #d0d7de; padding-bottom: .3rem; }
 h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2rem; margin-top: 2.2rem; }
 table { border-collapse: collapse; margin: .8rem 0; font-size: .92rem; }
-th, td { border: 1px solid #d0d7de; padding: .3rem .6rem; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
+th, td { border: 1px solid #d0d7de; padding: .3rem .6rem; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
 th { background: #f6f8fa; }
 caption { caption-side: top; text-align: left; font-style: italic; padding-bottom: .3rem; }
 figure { margin: 1rem 0; }
@@ -60,7 +62,8 @@ def _table(table: Table) -> str:
             content = escape(text)
             if (r, c) in table.emphasis:
                 content = f"<strong>{content}</strong>"
-            cells.append(f"<td>{content}</td>")
+            numeric = c > 0 and _NUMERIC.match(text) is not None
+            cells.append(f'<td class="num">{content}</td>' if numeric else f"<td>{content}</td>")
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("</tbody></table>")
     return "".join(parts)

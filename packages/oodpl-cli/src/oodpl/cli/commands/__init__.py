@@ -1,0 +1,62 @@
+"""The ``oodpl`` subcommands, one module per command group, loaded lazily.
+
+:data:`COMMANDS` maps each command name to its module, attribute and one-line help, so
+``oodpl --help`` lists commands without importing them (no torch or matplotlib import just to
+print help). A command with an ``available`` check is listed only when the check passes (e.g.
+``data`` needs ``oodpl.data.registry``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+from collections.abc import Callable
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandEntry:
+    """Where a command lives and its one-line help."""
+
+    module: str
+    attribute: str
+    short_help: str
+    available: Callable[[], bool] | None = None
+
+    def is_available(self) -> bool:
+        return self.available is None or self.available()
+
+    def load(self):  # -> click.Command
+        return getattr(importlib.import_module(self.module), self.attribute)
+
+
+COMMANDS: dict[str, CommandEntry] = {
+    "config": CommandEntry(
+        "oodpl.cli.commands.config",
+        "config",
+        "Check a run config, print it resolved, or list every config key.",
+    ),
+    "data": CommandEntry(
+        "oodpl.cli.commands.data",
+        "data",
+        "List the available data sources.",
+        available=lambda: _module_exists("oodpl.data.registry"),
+    ),
+    "env": CommandEntry(
+        "oodpl.cli.commands.env",
+        "env",
+        "Print versions and device information (paste it into bug reports).",
+    ),
+    "report": CommandEntry(
+        "oodpl.cli.commands.report",
+        "report",
+        "Rebuild report.md and report.html of a run directory.",
+    ),
+}
