@@ -192,3 +192,20 @@ def test_run_inside_an_event_loop_is_refused():
 
     with pytest.raises(RuntimeError, match="arun"):
         asyncio.run(inside())
+
+
+def test_fully_cached_rerun_needs_no_key_and_no_endpoint(items, tmp_path, monkeypatch):
+    cache_path = tmp_path / "cache.jsonl"
+    requests = judge_requests(items[:5])
+    with serve_in_thread() as server, ResponseCache(cache_path) as cache:
+        first = LabellingClient(_config(server), cache=cache).run(requests)
+    monkeypatch.delenv("OODPL_ABSENT_KEY", raising=False)
+    offline = ClientConfig(
+        model="gold-judge", base_url="https://example.invalid/v1", api_key_env="OODPL_ABSENT_KEY"
+    )
+    with ResponseCache(cache_path) as cache:
+        again = LabellingClient(offline, cache=cache).run(requests)
+    assert again.count("cached") == len(requests) and again.ledger.calls == 0
+    assert [r.content for r in again.results] == [r.content for r in first.results]
+    with ResponseCache(cache_path) as cache, pytest.raises(ValueError, match="OODPL_ABSENT_KEY"):
+        LabellingClient(offline, cache=cache).run(judge_requests(items[5:6]))

@@ -29,7 +29,7 @@ from oodpl.data.labelling import (
     parse_pair_reply,
 )
 from oodpl.data.labelling.cache import CachedReply
-from oodpl.data.labelling.client import LOOPBACK_PLACEHOLDER_KEY, resolve_api_key
+from oodpl.data.labelling.endpoint import LOOPBACK_PLACEHOLDER_KEY, resolve_api_key
 from oodpl.data.labelling.jsonl import AppendOnlyJsonl, FileInUseError, read_jsonl
 from oodpl.data.labelling.judge import JudgeItem
 

@@ -20,16 +20,9 @@ from .accounting import (
     estimate_tokens,
 )
 from .cache import CachedReply, ResponseCache, cache_key
-from .client import (
-    Backoff,
-    ChatRequest,
-    ChatResult,
-    ClientConfig,
-    EndpointRefusedError,
-    LabellingClient,
-    RunReport,
-)
+from .client import ChatRequest, ChatResult, LabellingClient, RunReport
 from .dryrun import DryRunReport, dry_run
+from .endpoint import Backoff, ClientConfig, EndpointRefusedError, resolve_api_key
 from .gold_responder import GoldResponder
 from .judge import (
     JudgeItem,
@@ -93,6 +86,7 @@ __all__ = [
     "pair_requests",
     "parse_judge_reply",
     "parse_pair_reply",
+    "resolve_api_key",
     "review_items_from_completions",
     "serve_in_thread",
 ]
