@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import textwrap
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from oodpl.cli.config import (
     RunConfig,
     config_from_dict,
     dump_config,
+    engine_kwargs,
     load_config,
     schema_keys,
 )
@@ -67,7 +69,7 @@ def test_full_config_round_trips_through_dump(tmp_path: Path) -> None:
           lr: 1e-3          # PyYAML reads this as a string; float fields accept it
           max_steps: 20
           meta: {inner_steps: 2, hypergradient: first_order, radius: 0.02}
-        engine: {backend: deepspeed, zero_stage: 2, offload: optimizer, precision: bf16}
+        engine: {backend: deepspeed, zero_stage: 2, offload_optimizer: true, precision: bf16}
         eval: {temperatures: [0.5, 1]}
         """,
     )
@@ -182,9 +184,14 @@ def test_choice_typo_suggests_the_closest_choice(tmp_path: Path) -> None:
         ({"model": {"preset": "pythia-tiny", "path": "/x"}}, "model.path", "not both"),
         ({"engine": {"zero_stage": 2}}, "engine.zero_stage", "backend: deepspeed"),
         (
-            {"engine": {"backend": "deepspeed", "offload": "optimizer", "zero_stage": 1}},
-            "engine.offload",
-            "zero_stage >= 2",
+            {"engine": {"backend": "deepspeed", "offload_params": True, "zero_stage": 2}},
+            "engine.offload_params",
+            "zero_stage: 3",
+        ),
+        (
+            {"engine": {"backend": "deepspeed", "offload_optimizer": True}},
+            "engine.offload_optimizer",
+            "zero_stage 1, 2 or 3",
         ),
         ({"data": {"domains": ["a"], "held_out": ["b"]}}, "data.held_out", "not in data.domains"),
         ({"kind": "ppo"}, "train.ppo.reward_model", "required for kind ppo"),
@@ -256,3 +263,60 @@ def test_schema_keys_lists_sections_and_leaves() -> None:
     keys = schema_keys()
     assert {"kind", "train", "train.dpo", "train.dpo.beta", "model.lora.rank"} <= set(keys)
     assert len(keys) == len(set(keys))
+
+
+# ----------------------------------------------------------------- the engine config mirror
+@pytest.mark.parametrize("backend", ["torch", "deepspeed"])
+def test_engine_section_accepts_exactly_what_the_models_engine_accepts(backend: str) -> None:
+    from oodpl.models.engine import EngineConfig as ModelsEngineConfig
+
+    for stage, offload_optimizer, offload_params in itertools.product(
+        range(4), (False, True), (False, True)
+    ):
+        engine = {
+            "backend": backend,
+            "zero_stage": stage,
+            "offload_optimizer": offload_optimizer,
+            "offload_params": offload_params,
+        }
+        try:
+            config = config_from_dict({"kind": "sft", "engine": engine})
+        except ConfigError:
+            schema_ok = False
+        else:
+            schema_ok = True
+            kwargs = engine_kwargs(config, max_steps=10)
+        try:
+            ModelsEngineConfig(**(kwargs if schema_ok else engine))
+        except (ValueError, TypeError):
+            models_ok = False
+        else:
+            models_ok = True
+        assert schema_ok == models_ok, engine
+
+
+def test_engine_kwargs_carry_the_training_settings() -> None:
+    from oodpl.models.engine import EngineConfig as ModelsEngineConfig
+
+    config = config_from_dict(
+        {
+            "kind": "dpo",
+            "seed": 3,
+            "train": {
+                "lr": 5e-6,
+                "batch_size": 4,
+                "grad_accum": 2,
+                "warmup_steps": 50,
+                "scheduler": "cosine",
+                "max_grad_norm": 0,
+            },
+            "engine": {"precision": "bf16", "grad_checkpointing": True},
+        }
+    )
+    engine = ModelsEngineConfig(**engine_kwargs(config, max_steps=20))
+    assert (engine.lr, engine.micro_batch_size, engine.grad_accum) == (5e-6, 4, 2)
+    assert engine.warmup_steps == 20 and engine.max_steps == 20  # warm-up capped at max_steps
+    assert engine.scheduler == "cosine" and engine.max_grad_norm is None and engine.seed == 3
+    assert engine.precision == "bf16" and engine.grad_checkpointing
+    with pytest.raises(ValueError, match="max_steps must be an integer >= 1"):
+        engine_kwargs(config, max_steps=0)

@@ -25,6 +25,7 @@ from oodpl.cli.config.schema import (
     RJSTraining,
     RunConfig,
     TrainConfig,
+    engine_kwargs,
     to_dict,
 )
 
@@ -48,6 +49,7 @@ __all__ = [
     "apply_overrides",
     "config_from_dict",
     "dump_config",
+    "engine_kwargs",
     "load_config",
     "parse_override",
     "schema_keys",

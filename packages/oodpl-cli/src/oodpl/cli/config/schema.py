@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import field
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from oodpl.cli.config.fields import doc
 
@@ -281,6 +281,9 @@ class TrainConfig:
     )
     weight_decay: float = field(default=0.0, metadata=doc("AdamW weight decay", ge=0))
     warmup_steps: int = field(default=0, metadata=doc("linear learning-rate warm-up steps", ge=0))
+    scheduler: Literal["constant", "linear", "cosine"] = field(
+        default="constant", metadata=doc("learning-rate schedule after warm-up")
+    )
     max_grad_norm: float = field(default=1.0, metadata=doc("gradient clipping norm; 0 = off", ge=0))
     log_every: int = field(default=10, metadata=doc("write metrics every N steps", ge=1))
     eval_every: int = field(
@@ -301,29 +304,38 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class EngineConfig:
-    """Training engine; mirrors oodpl.models.engine.EngineConfig (converted by the pipelines)."""
+    """Training engine; mirrors oodpl.models.engine.EngineConfig (see :func:`engine_kwargs`)."""
 
     backend: Literal["torch", "deepspeed"] = field(
         default="torch", metadata=doc("plain PyTorch or DeepSpeed")
     )
     zero_stage: int = field(default=0, metadata=doc("DeepSpeed ZeRO stage", ge=0, le=3))
-    offload: Literal["none", "optimizer", "optimizer_and_params"] = field(
-        default="none", metadata=doc("DeepSpeed ZeRO offload to CPU")
+    offload_optimizer: bool = field(
+        default=False, metadata=doc("ZeRO-Offload: optimizer state in CPU memory (stage >= 1)")
+    )
+    offload_params: bool = field(
+        default=False, metadata=doc("ZeRO-3: parameters in CPU memory between uses")
     )
     precision: Literal["fp32", "bf16", "fp16"] = field(
-        default="fp32", metadata=doc("mixed precision of training")
+        default="fp32", metadata=doc("mixed precision of training (fp32 master weights)")
+    )
+    grad_checkpointing: bool = field(
+        default=False, metadata=doc("recompute activations in backward to save memory")
     )
 
     def problems(self) -> Problems:
         out: Problems = []
-        if self.backend == "torch" and self.zero_stage != 0:
-            out.append(("zero_stage", "ZeRO stages need engine.backend: deepspeed"))
-        if self.backend == "torch" and self.offload != "none":
-            out.append(("offload", "offload needs engine.backend: deepspeed"))
-        if self.offload == "optimizer_and_params" and self.zero_stage != 3:
-            out.append(("offload", "parameter offload needs engine.zero_stage: 3"))
-        elif self.offload == "optimizer" and self.zero_stage < 2:
-            out.append(("offload", "optimizer offload needs engine.zero_stage >= 2"))
+        deepspeed_only = {
+            "zero_stage": self.zero_stage != 0,
+            "offload_optimizer": self.offload_optimizer,
+            "offload_params": self.offload_params,
+        }
+        if self.backend == "torch":
+            out += [(k, "needs engine.backend: deepspeed") for k, v in deepspeed_only.items() if v]
+        if self.offload_optimizer and self.zero_stage == 0:
+            out.append(("offload_optimizer", "needs engine.zero_stage 1, 2 or 3"))
+        if self.offload_params and self.zero_stage != 3:
+            out.append(("offload_params", "needs engine.zero_stage: 3"))
         return out
 
 
@@ -410,3 +422,32 @@ def to_dict(config: object) -> dict:
     if not dataclasses.is_dataclass(config) or isinstance(config, type):
         raise TypeError(f"to_dict expects a schema dataclass instance, got {type(config).__name__}")
     return dataclasses.asdict(config)
+
+
+def engine_kwargs(config: RunConfig, *, max_steps: int) -> dict[str, Any]:
+    """Keyword arguments of ``oodpl.models.engine.EngineConfig`` for a run.
+
+    Engine settings come from ``config.engine``, optimisation settings from ``config.train``;
+    ``max_steps`` is the resolved number of optimizer steps (``train.max_steps`` or the count
+    implied by ``train.epochs``), which the schedule needs.
+    """
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
+    engine, train = config.engine, config.train
+    return {
+        "backend": engine.backend,
+        "zero_stage": engine.zero_stage,
+        "offload_optimizer": engine.offload_optimizer,
+        "offload_params": engine.offload_params,
+        "precision": engine.precision,
+        "grad_checkpointing": engine.grad_checkpointing,
+        "grad_accum": train.grad_accum,
+        "micro_batch_size": train.batch_size,
+        "lr": train.lr,
+        "weight_decay": train.weight_decay,
+        "warmup_steps": min(train.warmup_steps, max_steps),
+        "max_steps": max_steps,
+        "scheduler": train.scheduler,
+        "max_grad_norm": train.max_grad_norm or None,
+        "seed": config.seed,
+    }
