@@ -298,3 +298,18 @@ def test_request_and_config_validation(tmp_path):
     bad.write_text('{"m": {"input_per_million": -1, "output_per_million": 1}}')
     with pytest.raises(ValueError, match="input_per_million"):
         PriceTable.from_file(bad)
+
+
+_LINE = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40).filter(
+    lambda s: "\n" not in s and "\r" not in s
+)
+
+
+@given(st.lists(_LINE, max_size=4), st.sampled_from(["1", "2"]), _LINE)
+def test_judge_parser_reads_exactly_the_final_line(body, digit, tail):
+    lines = [line for line in body if line.splitlines() == [line] or not line]
+    text = "\n".join([*lines, f"  {digit}  "])
+    assert parse_judge_reply(text).choice == int(digit)
+    # Anything else on the last non-empty line makes the reply unparseable.
+    if tail.strip() and tail.strip() not in ("1", "2") and tail.splitlines() == [tail]:
+        assert parse_judge_reply(f"{text}\n{tail}").choice is None

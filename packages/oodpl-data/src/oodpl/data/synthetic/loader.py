@@ -42,7 +42,8 @@ def load_synthetic(
     :data:`SPLIT_ALIASES`). ``domains``: the domains to generate and return (None: the default
     four); a domain's records do not depend on which other domains are generated.
     ``config``: any other :class:`SyntheticConfig` field (``seed``, ``temperature``,
-    ``n_pref_train``, ...).
+    ``n_pref_train``, ...). Benchmarks are memoised per configuration, so the returned records
+    (and their ``meta`` dicts) are shared between calls: treat them as read-only.
     """
     if not isinstance(split, str):
         raise TypeError(f"split must be a str, got {type(split).__name__}")
