@@ -153,29 +153,32 @@ def build_scheduler(
 
 
 def enable_gradient_checkpointing(module: nn.Module) -> list[str]:
-    """Call ``gradient_checkpointing_enable`` on the module or its outermost sub-modules having it.
+    """Turn on activation checkpointing in the module or its outermost sub-modules offering it.
 
-    Non-reentrant checkpointing is requested where the method accepts
-    ``gradient_checkpointing_kwargs`` (``transformers`` models). Returns the names of the
-    modules it was enabled on; ``ValueError`` when no module offers it.
+    Looks for ``activation_checkpointing_enable`` (transformers >= 5) or else
+    ``gradient_checkpointing_enable`` and requests non-reentrant checkpointing where the method
+    takes ``*_checkpointing_kwargs``. Returns the names of the modules it was enabled on;
+    ``ValueError`` when no module offers it.
     """
     enabled: list[str] = []
     for name, sub in module.named_modules():
         if any(e == "" or name.startswith(e + ".") for e in enabled):
             continue  # an enclosing module already covers it
-        method = getattr(sub, "gradient_checkpointing_enable", None)
-        if not callable(method):
-            continue
-        if "gradient_checkpointing_kwargs" in inspect.signature(method).parameters:
-            method(gradient_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            method()
-        enabled.append(name)
+        for method_name in ("activation_checkpointing_enable", "gradient_checkpointing_enable"):
+            method = getattr(sub, method_name, None)
+            if callable(method):
+                kwargs_name = method_name.replace("_enable", "_kwargs")
+                if kwargs_name in inspect.signature(method).parameters:
+                    method(**{kwargs_name: {"use_reentrant": False}})
+                else:
+                    method()
+                enabled.append(name)
+                break
     if not enabled:
         raise ValueError(
             "EngineConfig.grad_checkpointing=True, but neither the model "
-            f"({type(module).__name__}) nor any of its sub-modules has a "
-            "gradient_checkpointing_enable() method"
+            f"({type(module).__name__}) nor any of its sub-modules has an "
+            "activation_checkpointing_enable() or gradient_checkpointing_enable() method"
         )
     return enabled
 

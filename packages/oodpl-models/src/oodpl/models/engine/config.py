@@ -49,7 +49,7 @@ class EngineConfig:
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` mixed precision (fp32 master weights).
         grad_accum: micro-batches accumulated per optimizer step on each process.
         grad_checkpointing: recompute activations in backward (via the model's
-            ``gradient_checkpointing_enable``).
+            ``activation_checkpointing_enable`` / ``gradient_checkpointing_enable``).
         lr, weight_decay, betas, eps: AdamW hyper-parameters (decoupled weight decay, applied
             to parameters with ``ndim >= 2`` only; biases and norm weights are not decayed).
         warmup_steps, max_steps, scheduler: learning-rate schedule (module docstring).
