@@ -8,7 +8,7 @@ reply, a body that is not JSON, a reply without choices) by rule, can delay ever
 *hold* every request after the first ``hold_after`` until :meth:`JudgeServer.release`, and can
 demand an API key (``Authorization: Bearer <key>``; compared in constant time, never logged).
 
-Run a demo server: ``python -m oodpl.data.labelling.server --port 8000`` and point a client at
+Run a demo server: ``python -m oodpl.data.labelling --port 8000`` and point a client at
 ``http://127.0.0.1:8000/v1``.
 """
 
@@ -311,7 +311,7 @@ def serve_in_thread(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m oodpl.data.labelling.server``: serve the gold judge until interrupted."""
+    """``python -m oodpl.data.labelling``: serve the gold judge until interrupted."""
     from oodpl.data.synthetic import DEFAULT_DOMAINS, SyntheticConfig
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
