@@ -11,7 +11,8 @@ win rate:
   turns it into a tie. With ``verdict_temperature`` T > 0 the verdict is sampled instead:
   ``P(1) = σ((r*_1 − r*_2)/T)``, from a generator seeded by the request text (same request, same
   reply). A question with no recognisable domain gets a reply without a verdict (unparseable).
-- pairs: prefix = the first ``prefix_words`` words; review 1 = the review; review 2 = the review
+- pairs: prefix = the words up to the first "and" among the first 12 (the end of a synthetic
+  prompt), else the first ``prefix_words`` words; review 1 = the review; review 2 = the review
   with its positive sentiment words (shared or the domain's) swapped for negative ones when the
   sentiment is positive, or the reverse when negative (a clause is appended when there is
   nothing to swap); "MORE POSITIVE" is whichever has the higher gold reward.
@@ -88,8 +89,11 @@ class GoldResponder:
             drift = self.gold.lexicon(domain).drift
         except ValueError:
             return f"I do not know the domain {domain!r}."
-        prefix = " ".join(tokens[: self.prefix_words])
-        rest = tokens[self.prefix_words :]
+        cut = self.prefix_words
+        if "and" in tokens[:12] and tokens.index("and") + 1 < len(tokens) - 2:
+            cut = tokens.index("and") + 1  # "i read this novel last week and" | "the plot ..."
+        prefix = " ".join(tokens[:cut])
+        rest = tokens[cut:]
         make_less_positive = sentiment == "positive"
         replacements = _SHARED_NEGATIVE if make_less_positive else _SHARED_POSITIVE
         changed, swapped = [], 0
