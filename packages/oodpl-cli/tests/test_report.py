@@ -15,12 +15,12 @@ from oodpl.cli.report import build_report
 from oodpl.cli.report.builder import build_document, fmt
 from oodpl.cli.report.document import Glossary, Image, Table
 from oodpl.cli.report.glossary import METRIC_MEANINGS, meaning_of
+from oodpl.cli.report.result_files import read_result
 from oodpl.cli.report.results import (
     SECTION_TYPES,
     AccuracyMatrix,
     ResultError,
     parse_result,
-    read_result,
 )
 from oodpl.cli.run_dir import RunDir
 

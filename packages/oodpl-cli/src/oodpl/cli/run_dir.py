@@ -368,7 +368,7 @@ class RunDir:
 
     def write_result(self, name: str, result: Any) -> Path:
         """Validate and write ``results/<name>.json`` (a report Section or its JSON dict)."""
-        from oodpl.cli.report.results import write_result
+        from oodpl.cli.report.result_files import write_result
 
         if not _NAME.match(name) or name.endswith(".json"):
             raise ValueError(f"invalid result name {name!r}: use letters, digits, '_', '-', '.'")

@@ -12,21 +12,23 @@ from oodpl.cli.config.schema import (
     RUN_KINDS,
     DataConfig,
     DataSizes,
-    DPOTraining,
     EngineConfig,
     EvalConfig,
-    GenerationConfig,
     JudgeConfig,
     LoraConfig,
-    MetaTraining,
     ModelConfig,
-    PPOTraining,
-    RewardModelTraining,
-    RJSTraining,
     RunConfig,
     TrainConfig,
     engine_kwargs,
     to_dict,
+)
+from oodpl.cli.config.trainers import (
+    DPOTraining,
+    GenerationConfig,
+    MetaTraining,
+    PPOTraining,
+    RewardModelTraining,
+    RJSTraining,
 )
 
 __all__ = [

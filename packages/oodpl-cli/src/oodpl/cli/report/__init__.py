@@ -69,6 +69,8 @@ undocumented metrics.
 
 from pathlib import Path
 
+from oodpl.cli.report._checks import ResultError
+from oodpl.cli.report.result_files import read_result, write_result
 from oodpl.cli.report.results import (
     SCHEMA,
     AccuracyMatrix,
@@ -77,14 +79,11 @@ from oodpl.cli.report.results import (
     DomainCalibration,
     GoldVsTemperature,
     MetricTable,
-    ResultError,
     RewardDifferences,
     Section,
     Summary,
     SummaryRow,
     parse_result,
-    read_result,
-    write_result,
 )
 
 

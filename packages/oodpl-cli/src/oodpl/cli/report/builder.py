@@ -33,6 +33,7 @@ from oodpl.cli.report.document import (
 from oodpl.cli.report.glossary import meaning_of
 from oodpl.cli.report.html import render_html
 from oodpl.cli.report.markdown import IMAGE_DIR, render_markdown
+from oodpl.cli.report.result_files import read_result
 from oodpl.cli.report.results import (
     SECTION_TYPES,
     AccuracyMatrix,
@@ -43,7 +44,6 @@ from oodpl.cli.report.results import (
     RewardDifferences,
     Section,
     Summary,
-    read_result,
 )
 from oodpl.cli.run_dir import (
     CONFIG_FILE,

@@ -2,80 +2,30 @@
 
 The schema is documented in :mod:`oodpl.cli.report` (package docstring). Each section class
 validates its JSON on construction (:func:`parse_result`) and serialises with ``to_json()``;
-:func:`write_result` validates before writing, so a pipeline learns about a malformed result when
-it writes it, not when the report is built. Errors are ``ValueError`` naming the file and field.
+:func:`oodpl.cli.report.result_files.write_result` validates before writing, so a pipeline
+learns about a malformed result when it writes it, not when the report is built. Errors are
+``ValueError`` (:class:`ResultError`) naming the file and field.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar
 
+from oodpl.cli.report._checks import ResultError as ResultError  # re-exported
+from oodpl.cli.report._checks import (
+    fail,
+    mapping,
+    matrix,
+    names,
+    number,
+    numbers,
+    text,
+)
+
 SCHEMA = "oodpl.results/1"
-
-
-class ResultError(ValueError):
-    """A result file or payload that does not match the results schema (names file and field)."""
-
-
-def _fail(where: str, message: str) -> ResultError:
-    return ResultError(f"{where}: {message}")
-
-
-def _str(obj: Mapping, key: str, where: str, default: str | None = None) -> str:
-    value = obj.get(key, default)
-    if not isinstance(value, str) or (default is None and not value.strip()):
-        raise _fail(where, f"'{key}' must be a non-empty string, got {value!r}")
-    return value
-
-
-def _number(value: Any, where: str, *, allow_null: bool = False) -> float | None:
-    if value is None and allow_null:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(where, f"expected a number{' or null' if allow_null else ''}, got {value!r}")
-    if not math.isfinite(value):
-        raise _fail(where, f"expected a finite number, got {value!r}")
-    return float(value)
-
-
-def _numbers(values: Any, where: str, *, allow_null: bool = False) -> list[float | None]:
-    if not isinstance(values, list):
-        raise _fail(where, f"expected a list of numbers, got {type(values).__name__}")
-    return [_number(v, f"{where}[{i}]", allow_null=allow_null) for i, v in enumerate(values)]
-
-
-def _names(values: Any, where: str) -> list[str]:
-    if not isinstance(values, list) or not values:
-        raise _fail(where, "expected a non-empty list of names")
-    if not all(isinstance(v, str) and v for v in values):
-        raise _fail(where, f"expected non-empty strings, got {values!r}")
-    if len(set(values)) != len(values):
-        raise _fail(where, f"names must be unique, got {values!r}")
-    return list(values)
-
-
-def _mapping(obj: Any, where: str, *, non_empty: bool = True) -> Mapping:
-    if not isinstance(obj, Mapping) or (non_empty and not obj):
-        raise _fail(where, "expected a non-empty JSON object")
-    return obj
-
-
-def _matrix(values: Any, rows: int, cols: int, where: str) -> list[list[float | None]]:
-    if not isinstance(values, list) or len(values) != rows:
-        raise _fail(where, f"expected {rows} rows (one per train domain)")
-    out = []
-    for i, row in enumerate(values):
-        parsed = _numbers(row, f"{where}[{i}]", allow_null=True)
-        if len(parsed) != cols:
-            raise _fail(f"{where}[{i}]", f"has {len(parsed)} entries, expected {cols}")
-        out.append(parsed)
-    return out
 
 
 @dataclasses.dataclass
@@ -95,13 +45,13 @@ class Section:
         if not isinstance(meanings, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in meanings.items()
         ):
-            raise _fail(where, "'meanings' must map metric names to one-line descriptions")
+            raise fail(where, "'meanings' must map metric names to one-line descriptions")
         order = obj.get("order", 100)
         if isinstance(order, bool) or not isinstance(order, int):
-            raise _fail(where, f"'order' must be an integer, got {order!r}")
+            raise fail(where, f"'order' must be an integer, got {order!r}")
         return {
-            "title": _str(obj, "title", where),
-            "description": _str(obj, "description", where, default=""),
+            "title": text(obj, "title", where),
+            "description": text(obj, "description", where, default=""),
             "meanings": dict(meanings),
             "order": order,
         }
@@ -128,21 +78,19 @@ class AccuracyMatrix(Section):
 
     @classmethod
     def from_json(cls, obj: Mapping, where: str) -> AccuracyMatrix:
-        rows = _names(obj.get("train_domains"), f"{where}: train_domains")
-        cols = _names(obj.get("eval_domains"), f"{where}: eval_domains")
-        values = _matrix(obj.get("values"), len(rows), len(cols), f"{where}: values")
+        rows = names(obj.get("train_domains"), f"{where}: train_domains")
+        cols = names(obj.get("eval_domains"), f"{where}: eval_domains")
+        values = matrix(obj.get("values"), len(rows), len(cols), f"{where}: values")
         for i, row in enumerate(values):
             for j, v in enumerate(row):
                 if v is not None and not 0.0 <= v <= 1.0:
-                    raise _fail(
-                        f"{where}: values[{i}][{j}]", f"accuracy must be in [0, 1], got {v}"
-                    )
+                    raise fail(f"{where}: values[{i}][{j}]", f"accuracy must be in [0, 1], got {v}")
         return cls(
             **cls._common(obj, where),
             train_domains=rows,
             eval_domains=cols,
             values=values,
-            metric=_str(obj, "metric", where, default="preference_accuracy"),
+            metric=text(obj, "metric", where, default="preference_accuracy"),
         )
 
     def metrics(self) -> list[str]:
@@ -184,45 +132,45 @@ class Calibration(Section):
     @classmethod
     def from_json(cls, obj: Mapping, where: str) -> Calibration:
         domains = {}
-        for name, entry in _mapping(obj.get("domains"), f"{where}: domains").items():
+        for name, entry in mapping(obj.get("domains"), f"{where}: domains").items():
             at = f"{where}: domains.{name}"
-            entry = _mapping(entry, at)
+            entry = mapping(entry, at)
             bins = []
             raw_bins = entry.get("bins")
             if not isinstance(raw_bins, list) or not raw_bins:
-                raise _fail(f"{at}.bins", "expected a non-empty list of bins")
+                raise fail(f"{at}.bins", "expected a non-empty list of bins")
             for i, raw in enumerate(raw_bins):
-                b = _mapping(raw, f"{at}.bins[{i}]")
+                b = mapping(raw, f"{at}.bins[{i}]")
                 count = b.get("count")
                 if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-                    raise _fail(f"{at}.bins[{i}].count", f"expected an integer >= 0, got {count!r}")
+                    raise fail(f"{at}.bins[{i}].count", f"expected an integer >= 0, got {count!r}")
                 bins.append(
                     CalibrationBin(
-                        lower=_number(b.get("lower"), f"{at}.bins[{i}].lower"),
-                        upper=_number(b.get("upper"), f"{at}.bins[{i}].upper"),
+                        lower=number(b.get("lower"), f"{at}.bins[{i}].lower"),
+                        upper=number(b.get("upper"), f"{at}.bins[{i}].upper"),
                         count=count,
-                        confidence=_number(
+                        confidence=number(
                             b.get("confidence"), f"{at}.bins[{i}].confidence", allow_null=True
                         ),
-                        accuracy=_number(
+                        accuracy=number(
                             b.get("accuracy"), f"{at}.bins[{i}].accuracy", allow_null=True
                         ),
                     )
                 )
             domains[name] = DomainCalibration(
-                ece=_number(entry.get("ece"), f"{at}.ece"),
-                ace=_number(entry.get("ace"), f"{at}.ace", allow_null=True),
-                mce=_number(entry.get("mce"), f"{at}.mce", allow_null=True),
-                brier=_number(entry.get("brier"), f"{at}.brier", allow_null=True),
+                ece=number(entry.get("ece"), f"{at}.ece"),
+                ace=number(entry.get("ace"), f"{at}.ace", allow_null=True),
+                mce=number(entry.get("mce"), f"{at}.mce", allow_null=True),
+                brier=number(entry.get("brier"), f"{at}.brier", allow_null=True),
                 bins=bins,
             )
         n_bins = obj.get("n_bins", len(next(iter(domains.values())).bins))
         if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
-            raise _fail(f"{where}: n_bins", f"expected an integer >= 1, got {n_bins!r}")
+            raise fail(f"{where}: n_bins", f"expected an integer >= 1, got {n_bins!r}")
         return cls(
             **cls._common(obj, where),
             n_bins=n_bins,
-            binning=_str(obj, "binning", where, default="uniform"),
+            binning=text(obj, "binning", where, default="uniform"),
             domains=domains,
         )
 
@@ -248,24 +196,24 @@ class RewardDifferences(Section):
     def from_json(cls, obj: Mapping, where: str) -> RewardDifferences:
         groups: dict[str, list[float]] = {}
         stats: dict[str, dict[str, float]] = {}
-        for name, entry in _mapping(obj.get("groups"), f"{where}: groups").items():
+        for name, entry in mapping(obj.get("groups"), f"{where}: groups").items():
             at = f"{where}: groups.{name}"
-            entry = _mapping(entry, at)
-            values = _numbers(entry.get("values"), f"{at}.values")
+            entry = mapping(entry, at)
+            values = numbers(entry.get("values"), f"{at}.values")
             if not values:
-                raise _fail(f"{at}.values", "needs at least one reward difference")
+                raise fail(f"{at}.values", "needs at least one reward difference")
             groups[name] = [float(v) for v in values if v is not None]
-            raw_stats = _mapping(entry.get("stats", {}), f"{at}.stats", non_empty=False)
+            raw_stats = mapping(entry.get("stats", {}), f"{at}.stats", non_empty=False)
             if raw_stats:
                 stats[name] = {
-                    k: float(_number(v, f"{at}.stats.{k}"))  # type: ignore[arg-type]
+                    k: float(number(v, f"{at}.stats.{k}"))  # type: ignore[arg-type]
                     for k, v in raw_stats.items()
                 }
         return cls(
             **cls._common(obj, where),
             groups=groups,
             stats=stats,
-            metric=_str(obj, "metric", where, default="reward_difference"),
+            metric=text(obj, "metric", where, default="reward_difference"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -294,25 +242,25 @@ class GoldVsTemperature(Section):
     @classmethod
     def from_json(cls, obj: Mapping, where: str) -> GoldVsTemperature:
         methods: dict[str, dict[float, list[float]]] = {}
-        for method, by_temp in _mapping(obj.get("methods"), f"{where}: methods").items():
+        for method, by_temp in mapping(obj.get("methods"), f"{where}: methods").items():
             at = f"{where}: methods.{method}"
             parsed: dict[float, list[float]] = {}
-            for temp, values in _mapping(by_temp, at).items():
+            for temp, values in mapping(by_temp, at).items():
                 try:
                     t = float(temp)
                 except (TypeError, ValueError):
-                    raise _fail(at, f"temperature keys must be numbers, got {temp!r}") from None
+                    raise fail(at, f"temperature keys must be numbers, got {temp!r}") from None
                 if not math.isfinite(t) or t <= 0:
-                    raise _fail(at, f"temperature must be > 0, got {temp!r}")
-                numbers = _numbers(values, f"{at}.{temp}")
-                if not numbers:
-                    raise _fail(f"{at}.{temp}", "needs at least one value")
-                parsed[t] = [float(v) for v in numbers if v is not None]
+                    raise fail(at, f"temperature must be > 0, got {temp!r}")
+                repetitions = numbers(values, f"{at}.{temp}")
+                if not repetitions:
+                    raise fail(f"{at}.{temp}", "needs at least one value")
+                parsed[t] = [float(v) for v in repetitions if v is not None]
             methods[method] = dict(sorted(parsed.items()))
         return cls(
             **cls._common(obj, where),
             methods=methods,
-            metric=_str(obj, "metric", where, default="gold_reward"),
+            metric=text(obj, "metric", where, default="gold_reward"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -341,32 +289,32 @@ class MetricTable(Section):
 
     @classmethod
     def from_json(cls, obj: Mapping, where: str) -> MetricTable:
-        columns = _names(obj.get("columns"), f"{where}: columns")
+        columns = names(obj.get("columns"), f"{where}: columns")
         tables: dict[str, dict[str, list[float | None]]] = {}
         for part in ("rows", "std"):
-            raw = _mapping(obj.get(part, {}), f"{where}: {part}", non_empty=part == "rows")
+            raw = mapping(obj.get(part, {}), f"{where}: {part}", non_empty=part == "rows")
             tables[part] = {}
             for name, values in raw.items():
-                parsed = _numbers(values, f"{where}: {part}.{name}", allow_null=True)
+                parsed = numbers(values, f"{where}: {part}.{name}", allow_null=True)
                 if len(parsed) != len(columns):
-                    raise _fail(
+                    raise fail(
                         f"{where}: {part}.{name}",
                         f"has {len(parsed)} values, expected {len(columns)} (one per column)",
                     )
                 tables[part][name] = parsed
         unknown = set(tables["std"]) - set(tables["rows"])
         if unknown:
-            raise _fail(f"{where}: std", f"rows {sorted(unknown)} are not in 'rows'")
+            raise fail(f"{where}: std", f"rows {sorted(unknown)} are not in 'rows'")
         higher = obj.get("higher_is_better", True)
         if not isinstance(higher, bool):
-            raise _fail(f"{where}: higher_is_better", f"expected true/false, got {higher!r}")
+            raise fail(f"{where}: higher_is_better", f"expected true/false, got {higher!r}")
         return cls(
             **cls._common(obj, where),
-            metric=_str(obj, "metric", where),
+            metric=text(obj, "metric", where),
             columns=columns,
             rows=tables["rows"],
             std=tables["std"],
-            row_label=_str(obj, "row_label", where, default="method"),
+            row_label=text(obj, "row_label", where, default="method"),
             higher_is_better=higher,
         )
 
@@ -396,20 +344,20 @@ class Summary(Section):
     def from_json(cls, obj: Mapping, where: str) -> Summary:
         raw_rows = obj.get("rows")
         if not isinstance(raw_rows, list) or not raw_rows:
-            raise _fail(f"{where}: rows", "expected a non-empty list of {metric, value} objects")
+            raise fail(f"{where}: rows", "expected a non-empty list of {metric, value} objects")
         rows = []
         for i, raw in enumerate(raw_rows):
             at = f"{where}: rows[{i}]"
-            raw = _mapping(raw, at)
+            raw = mapping(raw, at)
             value = raw.get("value")
             if not isinstance(value, str):
-                value = _number(value, f"{at}.value")
+                value = number(value, f"{at}.value")
             rows.append(
                 SummaryRow(
-                    metric=_str(raw, "metric", at),
+                    metric=text(raw, "metric", at),
                     value=value,  # type: ignore[arg-type]
-                    std=_number(raw.get("std"), f"{at}.std", allow_null=True),
-                    note=_str(raw, "note", at, default=""),
+                    std=number(raw.get("std"), f"{at}.std", allow_null=True),
+                    note=text(raw, "note", at, default=""),
                 )
             )
         return cls(**cls._common(obj, where), rows=rows)
@@ -433,45 +381,12 @@ SECTION_TYPES: dict[str, type[Section]] = {
 
 def parse_result(obj: Any, where: str = "<result>") -> Section:
     """Validate one result JSON object and return its typed section."""
-    obj = _mapping(obj, where)
+    obj = mapping(obj, where)
     schema = obj.get("schema", SCHEMA)
     if schema != SCHEMA:
-        raise _fail(where, f"unsupported schema {schema!r}; this oodpl reads {SCHEMA!r}")
+        raise fail(where, f"unsupported schema {schema!r}; this oodpl reads {SCHEMA!r}")
     kind = obj.get("type")
     if kind not in SECTION_TYPES:
-        raise _fail(where, f"'type' must be one of {sorted(SECTION_TYPES)}, got {kind!r}")
+        raise fail(where, f"'type' must be one of {sorted(SECTION_TYPES)}, got {kind!r}")
     Section._common(obj, where)  # title, description, meanings, order first
     return SECTION_TYPES[kind].from_json(obj, where)  # type: ignore[attr-defined]
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"non-finite number {name} is not valid JSON")
-
-
-def read_result(path: str | Path) -> Section:
-    """Read and validate ``results/<name>.json``."""
-    path = Path(path)
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
-    except FileNotFoundError:
-        raise ResultError(f"{path}: result file does not exist") from None
-    except ValueError as exc:  # JSONDecodeError and non-finite constants
-        raise ResultError(f"{path}: invalid JSON: {exc}") from None
-    return parse_result(obj, str(path))
-
-
-def write_result(path: str | Path, result: Section | Mapping[str, Any]) -> Path:
-    """Validate ``result`` and write it atomically as JSON (temp file + rename)."""
-    path = Path(path)
-    payload = result.to_json() if isinstance(result, Section) else dict(result)
-    payload.setdefault("schema", SCHEMA)
-    parse_result(payload, str(path))  # validate before anything touches the disk
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, allow_nan=False)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return path
