@@ -64,11 +64,18 @@ def completions() -> list[Completion]:
 
 
 @pytest.fixture(autouse=True)
-def _quiet_warnings():
+def _single_thread_and_quiet():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine spinning
+    threads slow everything down: one thread per test (restored afterwards), known warnings off."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-        yield
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
 
 def perturb_(module: torch.nn.Module, *, seed: int = 1, scale: float = 0.05) -> None:

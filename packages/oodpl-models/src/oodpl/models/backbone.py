@@ -69,9 +69,13 @@ def scored_sequence(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, to
 
 
 def validate_batch(
-    batch: Mapping[str, torch.Tensor], *, seq2seq: bool, name: str = "batch"
+    batch: Mapping[str, torch.Tensor],
+    *,
+    seq2seq: bool,
+    max_positions: int | None = None,
+    name: str = "batch",
 ) -> None:
-    """Check keys, shapes and masks of a sequence batch; ValueError naming the key otherwise."""
+    """Check keys, shapes, masks and lengths of a sequence batch; ValueError naming the key."""
     if not isinstance(batch, Mapping):
         raise TypeError(f"{name} must be a mapping of tensors, got {type(batch).__name__}")
     if "chosen_input_ids" in batch:
@@ -109,6 +113,15 @@ def validate_batch(
         raise ValueError(f"{name}['response_mask'][:, 0] must be 0 (position 0 has no predecessor)")
     if bool((response.bool() & ~mask.bool()).any()):
         raise ValueError(f"{name}['response_mask'] marks padding positions")
+    if max_positions is not None:
+        longest = int(batch["attention_mask"].sum(dim=1).max())
+        if longest > max_positions:
+            raise ValueError(
+                f"{name}['input_ids'] has a sequence of {longest} tokens, beyond the model's "
+                f"limit of {max_positions} positions (max_position_embeddings); collate with "
+                f"max_length <= {max_positions} to truncate (model.preference_collator() and "
+                "model.completion_collator() do so)"
+            )
 
 
 @functools.lru_cache(maxsize=64)
@@ -252,6 +265,14 @@ class TransformerWrapper(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.lm.parameters()).device
+
+    @property
+    def max_positions(self) -> int | None:
+        """Longest causal sequence the model accepts (None: no fixed limit, e.g. T5)."""
+        if self.seq2seq:
+            return None
+        limit = getattr(self.lm.config, "max_position_embeddings", None)
+        return int(limit) if limit else None
 
     def set_attn_implementation(self, attn_implementation: str) -> None:
         """Switch attention kernels, e.g. to ``"eager"`` for exact HVPs on GPU (METHODS §3)."""

@@ -166,7 +166,7 @@ class Policy(TransformerWrapper):
     def token_logps(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token ``log π(y_t | x, y_<t)`` of the response tokens, flattened row-major ``[N]``,
         and the row index of each ``[N]``."""
-        validate_batch(batch, seq2seq=self.seq2seq)
+        validate_batch(batch, seq2seq=self.seq2seq, max_positions=self.max_positions)
         ids, _ = scored_sequence(batch)
         targets_mask = batch["response_mask"][:, 1:].bool()
         if self.logits_from_hidden:

@@ -186,7 +186,7 @@ class RewardModel(TransformerWrapper):
     # -- rewards -------------------------------------------------------------------------------
     def rewards(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """``r_φ(x, y)`` for each row of a sequence batch -> float32 ``[B]``."""
-        validate_batch(batch, seq2seq=self.seq2seq)
+        validate_batch(batch, seq2seq=self.seq2seq, max_positions=self.max_positions)
         hidden = hidden_states(self.model, batch)
         _, mask = scored_sequence(batch)
         rows = torch.arange(hidden.shape[0], device=hidden.device)

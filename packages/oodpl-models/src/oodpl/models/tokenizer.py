@@ -15,6 +15,7 @@ sequence lengths, never by comparing token ids with the pad id. The tokenizer is
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Literal
 
@@ -102,7 +103,7 @@ def record_texts(records: Iterable[Preference | Completion]) -> Iterator[str]:
             )
 
 
-_WARNED_PAD_FALLBACK: set[int] = set()
+_WARNED_PAD_FALLBACK: weakref.WeakSet[PreTrainedTokenizerBase] = weakref.WeakSet()
 
 
 def resolve_pad_token_id(
@@ -123,8 +124,8 @@ def resolve_pad_token_id(
         raise TokenizerError(
             f"tokenizer {name!r} has neither a pad token nor an eos token; set tokenizer.pad_token"
         )
-    if id(tokenizer) not in _WARNED_PAD_FALLBACK:
-        _WARNED_PAD_FALLBACK.add(id(tokenizer))
+    if tokenizer not in _WARNED_PAD_FALLBACK:  # once per tokenizer object
+        _WARNED_PAD_FALLBACK.add(tokenizer)
         warnings.warn(
             f"tokenizer {name!r} has no pad token; padding with the eos token "
             f"{tokenizer.eos_token!r} (id {tokenizer.eos_token_id}); masks come from lengths, so "
