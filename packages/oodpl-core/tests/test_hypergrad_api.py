@@ -45,7 +45,7 @@ def toy(seed: int = 0):
         return torch.mean((x @ theta["w"] - y) ** 2)
 
     theta0 = {"w": torch.randn(3, generator=gen, dtype=DT)}
-    phi = {"scale": torch.tensor(1.5, dtype=DT), "l2": torch.tensor(0.1, dtype=DT)}
+    phi = {"scale": torch.tensor(1.5, dtype=DT), "l2": torch.tensor(1.0, dtype=DT)}
     return inner, outer, theta0, phi, [1.0, 0.5, 2.0]
 
 
@@ -305,3 +305,30 @@ def test_param_helpers():
         P.check_same_structure(a, {"x": torch.ones(3, 2), "y": a["y"]}, "a", "b")
     leaf = P.leaf_copy(a)
     assert leaf["x"].requires_grad and not a["x"].requires_grad
+
+
+def test_cg_reports_negative_curvature_and_damping_fixes_it():
+    """L_in = ½θᵀdiag(1, −0.5)θ − φ·θ is indefinite: CG must warn and flag it; λ = 1 fixes it."""
+
+    def inner(theta, phi, batch):
+        t = theta["t"]
+        return 0.5 * (t[0] ** 2 - 0.5 * t[1] ** 2) - phi["p"] @ t
+
+    def outer(theta, batch):
+        return torch.sum(theta["t"] ** 2)
+
+    theta0 = {"t": torch.tensor([1.0, 1.0], dtype=DT)}
+    phi = {"p": torch.tensor([0.3, -0.2], dtype=DT)}
+    with pytest.warns(RuntimeWarning, match="not positive definite"):
+        result = implicit_hypergradient(
+            inner, outer, theta0, phi, [None], None, lr=0.1, method="cg"
+        )
+    assert result.details["cg_negative_curvature"] == 1.0
+    damped = implicit_hypergradient(
+        inner, outer, theta0, phi, [None], None, lr=0.1, method="cg", damping=1.0
+    )
+    assert damped.details["cg_negative_curvature"] == 0.0
+    # (H + I)⁻¹ = diag(1/2, 2); g = −Jᵀ p with J = ∂²L/∂φ∂θ = −I, so g = (H + I)⁻¹ ∇L_out(θ^1)
+    theta1 = result.theta["t"]
+    expected = torch.tensor([0.5, 2.0], dtype=DT) * (2 * theta1)
+    assert torch.allclose(damped.grad["p"], expected, atol=1e-12)

@@ -19,6 +19,7 @@ Then ``g = −Jᵀ p`` is one mixed vector–Jacobian product. Memory does not g
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -88,6 +89,13 @@ def _conjugate_gradient(
         curvature = float(dot(d, ad))
         if curvature <= 0.0:
             curvature_failure = 1.0  # H + λI is not positive definite along d: stop here
+            warnings.warn(
+                f"cg: H + damping*I is not positive definite (d·Ad = {curvature:.3g} after "
+                f"{calls} Hessian-vector products); stopping early — increase damping or use "
+                "method='neumann'",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             break
         step = rr / curvature
         x = add(x, d, step)
