@@ -98,7 +98,13 @@ class _BatchStream:
 
 @dataclass(frozen=True)
 class MetaStepRecord:
-    """Diagnostics of one outer step: means over the sampled domains plus per-domain values."""
+    """Diagnostics of one outer step: means over the sampled domains plus per-domain values.
+
+    ``inner_loss`` is the mean of the last recorded inner loss ``L_in(θ^{K-1})`` (the loss at the
+    iterate before the final inner step), ``outer_loss`` the mean of ``L_out(θ^K)``,
+    ``hypergrad_norm`` the norm of the mean hypergradient before clipping. ``per_domain[name]``
+    holds ``inner_loss_first``, ``inner_loss_last``, ``outer_loss`` and ``hypergrad_norm``.
+    """
 
     step: int
     domains: list[str]
