@@ -18,7 +18,7 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -62,6 +62,19 @@ class TrainingProgress:
             return cls(**{k: int(data[k]) for k in cls.__dataclass_fields__})
         except KeyError as err:
             raise EngineStateError(f"training progress lacks the field {err.args[0]!r}") from None
+
+
+@runtime_checkable
+class TrainerState(Protocol):
+    """Extra state a trainer keeps between steps (e.g. MORE's gradient momentum).
+
+    ``state_dict()`` must return JSON-ready values (floats round-trip exactly); it is stored in
+    each checkpoint's ``extra.json`` by the main rank, so it must be identical on every rank.
+    """
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
 
 @dataclass
@@ -120,6 +133,7 @@ def train(
     resume_from: str | Path | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
     on_checkpoint: Callable[[Path, int], None] | None = None,
+    trainer_state: TrainerState | None = None,
 ) -> LoopResult:
     """Train until ``max_steps`` optimizer steps (default ``engine.config.max_steps``).
 
@@ -135,6 +149,7 @@ def train(
         resume_from: a state directory, or a checkpoint root with a ``latest`` file.
         on_log: called on the main rank with one record per optimizer step.
         on_checkpoint: called on every rank with ``(state_dir, step)`` after each save.
+        trainer_state: extra trainer state saved with every checkpoint and restored on resume.
     """
     cfg = engine.config
     max_steps = cfg.max_steps if max_steps is None else max_steps
@@ -153,6 +168,10 @@ def train(
         extra = engine.load_state(state_dir)
         progress = TrainingProgress.from_dict(extra.get("progress", {}))
         _check_layout(progress, fresh, state_dir)
+        if trainer_state is not None:
+            if "trainer_state" not in extra:
+                raise EngineStateError(f"{state_dir / 'extra.json'} holds no trainer_state")
+            trainer_state.load_state_dict(extra["trainer_state"])
     else:
         seed_everything(cfg.seed + engine.rank)
         progress = fresh
@@ -181,7 +200,7 @@ def train(
         at_end = progress.global_step >= max_steps
         periodic = checkpoint_every and progress.global_step % checkpoint_every == 0
         if root is not None and applied and (periodic or at_end):
-            path = _save(engine, root, progress, keep_last)
+            path = _save(engine, root, progress, keep_last, trainer_state)
             result.last_checkpoint = path
             if on_checkpoint is not None:
                 on_checkpoint(path, progress.global_step)
@@ -249,10 +268,17 @@ def _check_layout(saved: TrainingProgress, now: TrainingProgress, state_dir: Pat
 
 
 def _save(
-    engine: TrainingEngine, root: Path, progress: TrainingProgress, keep_last: int | None
+    engine: TrainingEngine,
+    root: Path,
+    progress: TrainingProgress,
+    keep_last: int | None,
+    trainer_state: TrainerState | None,
 ) -> Path:
     name = checkpoint_name(progress.global_step)
-    path = engine.save_state(root / name, extra={"progress": asdict(progress)})
+    extra: dict[str, Any] = {"progress": asdict(progress)}
+    if trainer_state is not None:
+        extra["trainer_state"] = trainer_state.state_dict()
+    path = engine.save_state(root / name, extra=extra)
     if engine.is_main:
         tmp = root / (LATEST_FILE + ".partial")
         tmp.write_text(name + "\n")
