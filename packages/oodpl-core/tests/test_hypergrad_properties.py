@@ -46,6 +46,9 @@ OPTIONS = {
     "cg": {"terms": 4, "damping": 1.0},  # keeps H + λI positive definite (tanh term)
 }
 FAST = settings(max_examples=20, deadline=None)
+# The tanh term makes a few random problems non-convex enough for CG to meet negative curvature
+# (it then warns and stops early); the properties below hold for the early-stopped solve too.
+pytestmark = pytest.mark.filterwarnings("ignore:cg. H \\+ damping:RuntimeWarning")
 
 
 def make_problem(seed: int, steps: int):
