@@ -1,0 +1,511 @@
+"""Build what a run needs from its :class:`~oodpl.cli.config.RunConfig`.
+
+Public API (used by ``oodpl train``/``eval`` and by the quickstart, study and iterate pipelines):
+
+- :func:`build_data` -> :class:`RunData`: the run's records per domain and part (fine-tuning
+  completions, training preferences, evaluation references and preferences), the training
+  (in-distribution) and held-out (out-of-distribution) domains, and the gold reward when the data
+  is the synthetic benchmark. ``data.source: synthetic`` is the built-in benchmark
+  (:mod:`oodpl.data.synthetic`, sizes from ``data.sizes``); any other name is loaded with
+  :func:`oodpl.data.registry.load` from ``data.path`` and split per domain by prompt
+  (:func:`oodpl.data.splits.per_domain_splits`).
+- :func:`build_tokenizer`: for a preset, a byte-level BPE tokenizer trained on every text of the
+  run's data (all domains and parts, so runs on the same data share one tokenizer); for a
+  checkpoint or local model directory, its own tokenizer.
+- :func:`build_reward_model` / :func:`build_policy`: from a preset (random weights drawn from the
+  run's seed) or a path (an oodpl checkpoint, a run directory, or a plain ``transformers``
+  directory), with the config's LoRA adapter.
+- :func:`count_steps` and :func:`build_engine_config`: optimizer steps and the
+  :class:`oodpl.models.engine.EngineConfig` of a run.
+- :func:`resolve_model_path`: a checkpoint path, accepting a run directory for its final
+  checkpoint (``<run>/checkpoints/final``).
+- :func:`user_errors`: turns the libraries' bad-input errors into one-line CLI errors.
+
+Heavy imports (torch, transformers) happen inside the functions, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from oodpl.cli.config.schema import DataConfig, LoraConfig, RunConfig, engine_kwargs
+from oodpl.cli.errors import BadInputError, PathNotFoundError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from oodpl.core.records import Completion, Preference
+    from oodpl.data.synthetic import GoldReward
+    from oodpl.models.engine import EngineConfig
+    from oodpl.models.lora import LoraSpec
+    from oodpl.models.policy import Policy
+    from oodpl.models.reward_model import RewardModel
+
+SYNTHETIC_SOURCE = "synthetic"
+FINAL_CHECKPOINT = "final"
+CHECKPOINT_CONFIG = "oodpl_config.json"
+PARTS = ("fine_tuning", "preference_train", "eval_reference", "eval_preference")
+_FOLD_PROTOCOLS = ("shp-group-folds", "dporm-settings")
+
+
+# --------------------------------------------------------------------------------------- errors
+@contextlib.contextmanager
+def user_errors(what: str) -> Iterator[None]:
+    """Re-raise the libraries' bad-input errors as :class:`BadInputError` ``"<what>: <message>"``.
+
+    Covers oodpl.models' errors (unknown preset, bad checkpoint, tokenizer, records), oodpl.data's
+    (format, unknown source / domain) and missing files; other exceptions pass unchanged.
+    """
+    from oodpl.data.errors import DataFormatError, UnknownDomainError, UnknownSourceError
+    from oodpl.models.errors import OodplModelError
+
+    known = (OodplModelError, DataFormatError, UnknownDomainError, UnknownSourceError)
+    try:
+        yield
+    except BadInputError:
+        raise
+    except known as exc:
+        raise BadInputError(f"{what}: {exc}") from exc
+    except FileNotFoundError as exc:
+        raise BadInputError(f"{what}: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------------------- data
+@dataclasses.dataclass
+class RunData:
+    """The records of a run, per part and domain.
+
+    Attributes:
+        train_domains: in-distribution domains (trained on), in config order.
+        test_domains: held-out (out-of-distribution) domains, never trained on.
+        fine_tuning: ``{domain: [Completion]}``, the support sets ``F_i`` (METHODS §3).
+        preference_train: ``{domain: [Preference]}``, the query sets ``P_i``.
+        eval_reference: ``{domain: [Completion]}``, evaluation prompts with a reference answer.
+        eval_preference: ``{domain: [Preference]}``, evaluation pairs (accuracy, calibration).
+        gold: the synthetic benchmark's exact reward, ``None`` for other sources.
+        source: the data source name.
+    """
+
+    train_domains: tuple[str, ...]
+    test_domains: tuple[str, ...]
+    fine_tuning: dict[str, list[Completion]]
+    preference_train: dict[str, list[Preference]]
+    eval_reference: dict[str, list[Completion]]
+    eval_preference: dict[str, list[Preference]]
+    gold: GoldReward | None = None
+    source: str = SYNTHETIC_SOURCE
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """Training domains, then held-out domains."""
+        return self.train_domains + self.test_domains
+
+    def records(self, part: str, domains: Sequence[str] | None = None) -> list[Any]:
+        """Records of ``part`` (one of :data:`PARTS`) for ``domains`` (default: training)."""
+        if part not in PARTS:
+            raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+        table = getattr(self, part)
+        chosen = self.train_domains if domains is None else tuple(domains)
+        return [record for domain in chosen for record in table.get(domain, [])]
+
+    def require(self, part: str, domains: Sequence[str] | None = None, *, purpose: str) -> None:
+        """:class:`BadInputError` naming the domain when ``part`` has no records there."""
+        chosen = self.train_domains if domains is None else tuple(domains)
+        if not chosen:
+            raise BadInputError(f"data: {purpose} needs at least one domain, none is configured")
+        size_key = {
+            "fine_tuning": "fine_tuning",
+            "preference_train": "preference_train",
+            "eval_reference": "eval_reference",
+            "eval_preference": "eval_preference",
+        }[part]
+        for domain in chosen:
+            if not getattr(self, part).get(domain):
+                raise BadInputError(
+                    f"data: domain {domain!r} has no {part} records, which {purpose} needs "
+                    f"(source {self.source!r}; check data.domains and data.sizes.{size_key})"
+                )
+
+    def texts(self) -> list[str]:
+        """Every prompt and response of every part and domain, once, in a fixed order."""
+        seen: dict[str, None] = {}
+        for part in PARTS:
+            for domain in self.domains:
+                for record in getattr(self, part).get(domain, []):
+                    fields = (
+                        (record.prompt, record.chosen, record.rejected)
+                        if hasattr(record, "chosen")
+                        else (record.prompt, record.response)
+                    )
+                    for text in fields:
+                        seen.setdefault(text, None)
+        return list(seen)
+
+    def capped(self, max_examples: int) -> RunData:
+        """A copy whose evaluation parts hold at most ``max_examples`` records per domain."""
+        if max_examples <= 0:
+            return self
+        return dataclasses.replace(
+            self,
+            eval_reference={d: v[:max_examples] for d, v in self.eval_reference.items()},
+            eval_preference={d: v[:max_examples] for d, v in self.eval_preference.items()},
+        )
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{part: {domain: n}}`` (for logs and reports)."""
+        return {
+            part: {d: len(getattr(self, part).get(d, [])) for d in self.domains} for part in PARTS
+        }
+
+
+def _fold_domains(data: DataConfig) -> tuple[list[str], list[str]] | None:
+    """(train, test) domains of a named fold in ``held_out`` (shp-group-N, I(a), ...)."""
+    if data.protocol not in _FOLD_PROTOCOLS or len(data.held_out) != 1:
+        return None
+    from oodpl.data.splits import dporm_settings, shp_group_folds
+
+    folds = (
+        {fold.name: fold for fold in shp_group_folds()}
+        if data.protocol == "shp-group-folds"
+        else dporm_settings()
+    )
+    fold = folds.get(data.held_out[0])
+    if fold is None:
+        return None
+    return list(fold.train_domains), list(fold.test_domains)
+
+
+def split_domains(data: DataConfig, available: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(training, held-out) domains of a data config.
+
+    ``data.domains`` (default: every ``available`` domain) minus ``data.held_out`` are trained on.
+    With ``protocol: shp-group-folds`` or ``dporm-settings``, ``held_out`` may name one fold
+    (``shp-group3``, ``I(a)``, ...) instead of domains.
+    """
+    fold = _fold_domains(data)
+    if fold is not None:
+        train, test = fold
+        if data.domains:
+            train = [d for d in train if d in data.domains]
+        return train, test
+    domains = list(data.domains) or list(available)
+    held_out = list(data.held_out)
+    unknown = [d for d in held_out if d not in domains]
+    if unknown and data.domains:
+        raise BadInputError(f"data.held_out: {unknown} are not in data.domains {domains}")
+    domains += [d for d in held_out if d not in domains]
+    train = [d for d in domains if d not in held_out]
+    if not train:
+        raise BadInputError("data.held_out holds every domain: nothing is left to train on")
+    return train, held_out
+
+
+def _synthetic_data(data: DataConfig) -> RunData:
+    from oodpl.data.synthetic import DEFAULT_DOMAINS, SyntheticConfig
+    from oodpl.data.synthetic.loader import cached_benchmark
+
+    train, test = split_domains(data, DEFAULT_DOMAINS)
+    sizes = data.sizes
+    try:
+        config = SyntheticConfig(
+            domains=tuple(train + test),
+            n_finetune=sizes.fine_tuning,
+            n_pref_train=sizes.preference_train,
+            n_eval_reference=sizes.eval_reference,
+            n_eval_pref=sizes.eval_preference,
+            seed=data.seed,
+        )
+    except (TypeError, ValueError) as exc:
+        raise BadInputError(f"data (synthetic benchmark): {exc}") from exc
+    bench = cached_benchmark(config)
+    return RunData(
+        train_domains=tuple(train),
+        test_domains=tuple(test),
+        fine_tuning={d: list(bench.finetune[d]) for d in config.domains},
+        preference_train={d: list(bench.pref_train[d]) for d in config.domains},
+        eval_reference={d: list(bench.eval_reference[d]) for d in config.domains},
+        eval_preference={d: list(bench.eval_pref[d]) for d in config.domains},
+        gold=bench.gold,
+        source=SYNTHETIC_SOURCE,
+    )
+
+
+def _registry_data(data: DataConfig) -> RunData:
+    from oodpl.core.records import Preference
+    from oodpl.data import registry
+    from oodpl.data.splits import DomainSplitSizes, per_domain_splits
+
+    if data.path is not None and not Path(data.path).expanduser().exists():
+        raise PathNotFoundError(data.path, "data.path")
+    with user_errors(f"data.source {data.source!r}"):
+        spec = registry.get_source(data.source)
+        wanted = None
+        if data.domains or _fold_domains(data) is not None:
+            train, test = split_domains(data, spec.domains)
+            wanted = train + test
+        try:
+            loaded = registry.load(data.source, data.path, domains=wanted, lenient=data.lenient)
+        except ValueError as exc:
+            if "path:" in str(exc) or "use_hub" in str(exc):
+                raise BadInputError(f"data.path: {exc}") from exc
+            raise
+    records = list(loaded)
+    present = sorted({r.domain for r in records})
+    train, test = split_domains(data, present)
+    where = f"source {data.source!r} at {data.path}"
+    for domain in train + test:
+        if domain not in present:
+            raise BadInputError(
+                f"data.domains: no rows for domain {domain!r} in {where} "
+                f"(domains present: {', '.join(present) or 'none'})"
+            )
+    preferences = [r for r in records if isinstance(r, Preference)]
+    if not preferences:
+        raise BadInputError(f"data: {where} holds no preference pairs (only completions)")
+    sizes = DomainSplitSizes(
+        fine_tuning=data.sizes.fine_tuning,
+        preference_train=data.sizes.preference_train,
+        eval_reference=data.sizes.eval_reference,
+        eval_preference=data.sizes.eval_preference,
+    )
+    chosen = set(train + test)
+    splits = per_domain_splits(
+        [p for p in preferences if p.domain in chosen], sizes=sizes, seed=data.seed
+    )
+    return RunData(
+        train_domains=tuple(train),
+        test_domains=tuple(test),
+        fine_tuning={d: s.fine_tuning for d, s in splits.items()},
+        preference_train={d: s.preference_train for d, s in splits.items()},
+        eval_reference={d: s.eval_reference for d, s in splits.items()},
+        eval_preference={d: s.eval_preference for d, s in splits.items()},
+        gold=None,
+        source=data.source,
+    )
+
+
+def build_data(config: RunConfig | DataConfig) -> RunData:
+    """The records of a run (see :class:`RunData`); errors name the ``data.*`` key at fault."""
+    data = config.data if isinstance(config, RunConfig) else config
+    if data.source.strip().lower() == SYNTHETIC_SOURCE:
+        if data.path is not None:
+            raise BadInputError("data.path: the synthetic benchmark is generated, it takes no path")
+        return _synthetic_data(data)
+    return _registry_data(data)
+
+
+# ---------------------------------------------------------------------------- models and paths
+def resolve_model_path(path: str | Path, what: str = "model.path") -> Path:
+    """``path`` as a model directory: an oodpl checkpoint, a run directory (its
+    ``checkpoints/final``), or a plain ``transformers`` directory. Missing -> PathNotFoundError."""
+    resolved = Path(path).expanduser()
+    if not resolved.exists():
+        raise PathNotFoundError(path, what)
+    final = resolved / "checkpoints" / FINAL_CHECKPOINT
+    if not (resolved / CHECKPOINT_CONFIG).is_file() and (final / CHECKPOINT_CONFIG).is_file():
+        return final
+    if (resolved / "config.yaml").is_file() and not (resolved / CHECKPOINT_CONFIG).is_file():
+        raise BadInputError(
+            f"{what}: run directory {resolved} has no final checkpoint "
+            f"(checkpoints/{FINAL_CHECKPOINT}); did the run finish?"
+        )
+    return resolved
+
+
+def is_oodpl_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` holds an oodpl checkpoint (``oodpl_config.json``)."""
+    return (Path(path) / CHECKPOINT_CONFIG).is_file()
+
+
+def torch_dtype(name: str) -> Any:
+    """``torch.float32`` etc. from the config's dtype name."""
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def lora_spec(lora: LoraConfig, *, policy: bool) -> LoraSpec | None:
+    """The :class:`~oodpl.models.lora.LoraSpec` of ``model.lora`` (``None`` when disabled).
+
+    Policies also train a copy of the LM head, reward models a value head ([OODPL]).
+    """
+    if not lora.enabled:
+        return None
+    from oodpl.models.lora import LoraSpec
+
+    return LoraSpec(
+        r=lora.rank,
+        alpha=lora.alpha,
+        dropout=lora.dropout,
+        target_modules=tuple(lora.targets) or None,
+        train_lm_head=policy,
+    )
+
+
+def model_source(config: RunConfig, role: str) -> str | None:
+    """Where the ``role`` ("policy" or "reward_model") of a run comes from; ``None`` = preset.
+
+    Policies start from ``train.init_from`` (e.g. the SFT run) or ``model.path``; the reward model
+    of ``rm`` and ``meta`` runs from ``model.path``; the reward model that PPO, RJS and
+    meta-test *use* is ``train.<kind>.reward_model``.
+    """
+    if role == "policy":
+        return config.train.init_from or config.model.path
+    if role == "reward_model":
+        external = {
+            "ppo": config.train.ppo.reward_model,
+            "rjs": config.train.rjs.reward_model,
+            "meta-test": config.train.meta.reward_model,
+        }.get(config.kind)
+        return external or config.model.path
+    raise ValueError(f"role must be 'policy' or 'reward_model', got {role!r}")
+
+
+def build_tokenizer(config: RunConfig, data: RunData | None = None, *, source: str | None = None):
+    """The tokenizer of a run: ``source``'s own, or a BPE tokenizer trained on ``data``'s texts.
+
+    ``source`` defaults to ``model.path``; with no source the model is a preset and ``data`` is
+    required.
+    """
+    source = source if source is not None else config.model.path
+    if source is not None:
+        from oodpl.models.loading import load_tokenizer
+
+        path = resolve_model_path(source)
+        with user_errors(f"tokenizer of {path}"):
+            return load_tokenizer(path, trust_remote_code=config.model.trust_remote_code)
+    if data is None:
+        raise ValueError("build_tokenizer: a preset needs the run's data to train a tokenizer on")
+    from oodpl.models.tokenizer import train_bpe_tokenizer
+
+    texts = data.texts()
+    if not texts:
+        raise BadInputError("data: no texts to train a tokenizer on (every part is empty)")
+    return train_bpe_tokenizer(
+        texts, vocab_size=config.model.vocab_size, model_max_length=config.model.max_length
+    )
+
+
+def _build(cls: Any, config: RunConfig, tokenizer: Any, path: str | None, *, policy: bool) -> Any:
+    model = config.model
+    lora = lora_spec(model.lora, policy=policy)
+    what = "train.init_from" if policy and path == config.train.init_from else "model.path"
+    if path is not None:
+        resolved = resolve_model_path(path, what)
+        with user_errors(f"{what} {resolved}"):
+            if is_oodpl_checkpoint(resolved):
+                return cls.load(resolved, attn_implementation=model.attn_implementation)
+            return cls.from_pretrained(
+                resolved,
+                lora=lora,
+                tokenizer=tokenizer,
+                seed=config.seed,
+                dtype=torch_dtype(model.dtype),
+                attn_implementation=model.attn_implementation,
+                trust_remote_code=model.trust_remote_code,
+            )
+    with user_errors("model.preset"):
+        return cls.from_preset(
+            model.preset,
+            tokenizer,
+            seed=config.seed,
+            lora=lora,
+            attn_implementation=model.attn_implementation,
+            dtype=torch_dtype(model.dtype),
+            max_length=model.max_length,
+        )
+
+
+def build_reward_model(
+    config: RunConfig, tokenizer: Any, *, path: str | None = None
+) -> RewardModel:
+    """A :class:`RewardModel` from ``path`` (checkpoint, run dir, LM dir) or ``model.preset``.
+
+    An oodpl checkpoint keeps its own LoRA and value head; a plain LM gets a fresh value head and
+    the config's LoRA; a preset gets random weights drawn from ``config.seed``.
+    """
+    from oodpl.models.reward_model import RewardModel
+
+    return _build(RewardModel, config, tokenizer, path, policy=False)
+
+
+def build_policy(config: RunConfig, tokenizer: Any, *, path: str | None = None) -> Policy:
+    """A :class:`Policy` from ``path`` (checkpoint, run dir, LM dir) or ``model.preset``."""
+    from oodpl.models.policy import Policy
+
+    return _build(Policy, config, tokenizer, path, policy=True)
+
+
+# --------------------------------------------------------------------------------------- engine
+def world_size() -> int:
+    """Processes taking part (``WORLD_SIZE`` set by torchrun / the deepspeed launcher)."""
+    from oodpl.models.engine.distributed import read_distributed_env
+
+    return read_distributed_env().world_size
+
+
+def global_batch_size(config: RunConfig, processes: int | None = None) -> int:
+    """``batch_size * grad_accum * world_size``: examples per optimizer step."""
+    processes = world_size() if processes is None else processes
+    return config.train.batch_size * config.train.grad_accum * processes
+
+
+def count_steps(config: RunConfig, n_items: int, *, processes: int | None = None) -> int:
+    """Optimizer steps of a run: ``train.max_steps`` if set, else
+    ``ceil(epochs * floor(n_items / global_batch))`` (at least 1)."""
+    if config.train.max_steps:
+        return config.train.max_steps
+    batch = global_batch_size(config, processes)
+    if n_items < batch:
+        raise BadInputError(
+            f"data: {n_items} training items are fewer than one global batch of {batch} "
+            "(train.batch_size * train.grad_accum * processes); lower train.batch_size"
+        )
+    return max(1, math.ceil(config.train.epochs * (n_items // batch)))
+
+
+def build_engine_config(config: RunConfig, *, max_steps: int) -> EngineConfig:
+    """The :class:`oodpl.models.engine.EngineConfig` of a run (``engine`` + ``train`` sections)."""
+    from oodpl.models.engine import EngineConfig
+
+    return EngineConfig(**engine_kwargs(config, max_steps=max_steps))
+
+
+def require_deepspeed(config: RunConfig) -> None:
+    """One-line :class:`BadInputError` when ``engine.backend: deepspeed`` but it is missing."""
+    if config.engine.backend != "deepspeed":
+        return
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError as exc:
+        raise BadInputError(
+            "DeepSpeed is not installed, but the run asks for it (--deepspeed / "
+            f"engine.backend: deepspeed): pip install 'oodpl-models[deepspeed]' ({exc})"
+        ) from None
+
+
+__all__ = [
+    "FINAL_CHECKPOINT",
+    "PARTS",
+    "SYNTHETIC_SOURCE",
+    "RunData",
+    "build_data",
+    "build_engine_config",
+    "build_policy",
+    "build_reward_model",
+    "build_tokenizer",
+    "count_steps",
+    "global_batch_size",
+    "is_oodpl_checkpoint",
+    "lora_spec",
+    "model_source",
+    "require_deepspeed",
+    "resolve_model_path",
+    "split_domains",
+    "torch_dtype",
+    "user_errors",
+    "world_size",
+]
