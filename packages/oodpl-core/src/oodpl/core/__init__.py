@@ -15,7 +15,7 @@ Pure functions of tensors and parameter dicts, no model objects:
 Importing this package loads torch and nothing else from the ML ecosystem (tested).
 """
 
-from oodpl.core import calibration, hypergrad, losses, metrics, moo, records
+from oodpl.core import bilevel, calibration, hypergrad, losses, metrics, moo, records, testing
 from oodpl.core.calibration import (
     CalibrationReport,
     calibration_report,
@@ -54,6 +54,7 @@ __all__ = [
     "HypergradResult",
     "Preference",
     "__version__",
+    "bilevel",
     "bradley_terry_loss",
     "calibration",
     "calibration_report",
@@ -77,4 +78,5 @@ __all__ = [
     "reward_difference_stats",
     "reward_weighted_regression_loss",
     "sft_loss",
+    "testing",
 ]
