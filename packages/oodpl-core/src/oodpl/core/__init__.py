@@ -12,38 +12,101 @@ Pure functions of tensors and parameter dicts, no model objects:
 - :mod:`oodpl.core.records` — the ``Preference`` / ``Completion`` records every package shares;
 - :mod:`oodpl.core.testing` — finite-difference checks to run on your own losses.
 
-Importing this package loads torch and nothing else from the ML ecosystem (tested).
+Public names load lazily: `oodpl.core.records` alone imports no torch; everything else loads
+torch and nothing else from the ML ecosystem (tested).
 """
 
-from oodpl.core import bilevel, calibration, hypergrad, losses, metrics, moo, records, testing
-from oodpl.core.calibration import (
-    CalibrationReport,
-    calibration_report,
-    expected_calibration_error,
-    reward_difference_stats,
-)
-from oodpl.core.hypergrad import HypergradResult, hypergradient
-from oodpl.core.losses import (
-    DPOOutput,
-    bradley_terry_loss,
-    dpo_loss,
-    implicit_reward,
-    policy_preference_loss,
-    reward_weighted_regression_loss,
-    sft_loss,
-)
-from oodpl.core.metrics import (
-    AccuracyResult,
-    dporm_accuracy,
-    kendall_tau,
-    pl_accuracy,
-    preference_accuracy,
-    ranking_consistency,
-)
-from oodpl.core.moo import GradientMomentum, min_norm_weights, more_loss
-from oodpl.core.records import Completion, Preference
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_SUBMODULES = (
+    "bilevel",
+    "calibration",
+    "hypergrad",
+    "losses",
+    "metrics",
+    "moo",
+    "records",
+    "testing",
+)
+
+# Public name -> submodule that defines it. Loaded lazily (PEP 562) so that importing a
+# torch-free piece such as ``oodpl.core.records`` does not pay for importing torch.
+_EXPORTS = {
+    "CalibrationReport": "calibration",
+    "calibration_report": "calibration",
+    "expected_calibration_error": "calibration",
+    "reward_difference_stats": "calibration",
+    "HypergradResult": "hypergrad",
+    "hypergradient": "hypergrad",
+    "DPOOutput": "losses",
+    "bradley_terry_loss": "losses",
+    "dpo_loss": "losses",
+    "implicit_reward": "losses",
+    "policy_preference_loss": "losses",
+    "reward_weighted_regression_loss": "losses",
+    "sft_loss": "losses",
+    "AccuracyResult": "metrics",
+    "dporm_accuracy": "metrics",
+    "kendall_tau": "metrics",
+    "pl_accuracy": "metrics",
+    "preference_accuracy": "metrics",
+    "ranking_consistency": "metrics",
+    "GradientMomentum": "moo",
+    "min_norm_weights": "moo",
+    "more_loss": "moo",
+    "Completion": "records",
+    "Preference": "records",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"oodpl.core.{name}")
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"oodpl.core.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'oodpl.core' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_SUBMODULES, *_EXPORTS])
+
+
+if TYPE_CHECKING:
+    from oodpl.core import bilevel, calibration, hypergrad, losses, metrics, moo, records, testing
+    from oodpl.core.calibration import (
+        CalibrationReport,
+        calibration_report,
+        expected_calibration_error,
+        reward_difference_stats,
+    )
+    from oodpl.core.hypergrad import HypergradResult, hypergradient
+    from oodpl.core.losses import (
+        DPOOutput,
+        bradley_terry_loss,
+        dpo_loss,
+        implicit_reward,
+        policy_preference_loss,
+        reward_weighted_regression_loss,
+        sft_loss,
+    )
+    from oodpl.core.metrics import (
+        AccuracyResult,
+        dporm_accuracy,
+        kendall_tau,
+        pl_accuracy,
+        preference_accuracy,
+        ranking_consistency,
+    )
+    from oodpl.core.moo import GradientMomentum, min_norm_weights, more_loss
+    from oodpl.core.records import Completion, Preference
+
 
 __all__ = [
     "AccuracyResult",
