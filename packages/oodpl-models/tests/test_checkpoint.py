@@ -105,6 +105,7 @@ def test_plain_transformers_and_peft_read_the_reward_model(
         assert max_diff(base, by_hand) > 1e-4
 
 
+@pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`:UserWarning")
 def test_plain_peft_reads_the_policy_with_its_lm_head(tokenizer, completions, perturb, tmp_path):
     policy = Policy.from_preset("gemma-tiny", tokenizer, seed=0, lora=LoraSpec(r=2))
     perturb(policy)  # includes the trained (untied) LM-head copy

@@ -109,7 +109,8 @@ def save_checkpoint(
         if lora is None:
             raise ValueError("model is peft-wrapped but lora is None")
         lm.save_pretrained(root, state_dict=base_state_dict(model))
-        model.save_pretrained(root / ADAPTER_DIR)
+        with intended_untying():
+            model.save_pretrained(root / ADAPTER_DIR)
     else:
         _untie_if_diverged(lm)
         lm.save_pretrained(root)

@@ -161,6 +161,10 @@ def load_language_model(
     )
     config = load_config(source, trust_remote_code=trust_remote_code)
     auto = AutoModelForSeq2SeqLM if family_of_config(config) == "seq2seq" else AutoModelForCausalLM
+    if source.gguf_file is not None:
+        from transformers import GgufConfig
+
+        kwargs.setdefault("quantization_config", GgufConfig(dequantize=True))
     model = auto.from_pretrained(
         source.directory,
         gguf_file=source.gguf_file,
@@ -170,8 +174,28 @@ def load_language_model(
         local_files_only=True,
         **kwargs,
     )
+    if source.gguf_file is not None:
+        _drop_gguf_quantizer(model, source.directory / source.gguf_file)
     model.eval()
     return model
+
+
+def _drop_gguf_quantizer(model: PreTrainedModel, gguf_path: Path) -> None:
+    """A de-quantised GGUF model holds plain float weights; forget the GGUF quantizer so that it
+    trains and saves (as safetensors) like any other model."""
+    packed = [n for n, m in model.named_modules() if "gguf" in type(m).__name__.lower()]
+    weights = [p for p in model.parameters() if not p.is_floating_point()]
+    if packed or weights:
+        raise CheckpointError(
+            f"{gguf_path}: weights stayed GGUF-packed ({packed[:3]}...); oodpl needs de-quantised "
+            "weights (GgufConfig(dequantize=True))"
+        )
+    model.hf_quantizer = None
+    for attribute in ("is_quantized", "quantization_method"):
+        if attribute in vars(model):
+            delattr(model, attribute)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def load_tokenizer(

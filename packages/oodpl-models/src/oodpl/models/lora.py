@@ -94,10 +94,12 @@ def module_name_of(model: nn.Module, target: nn.Module) -> str:
 @contextlib.contextmanager
 def intended_untying() -> Iterator[None]:
     """Silence peft's warnings about the LM-head copy untying tied embeddings (intended, see
-    :class:`LoraSpec`); other warnings pass through."""
+    :class:`LoraSpec`) and about base models without a config.json next to them (GGUF files);
+    other warnings pass through."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*tie_word_embeddings=True.*")
         warnings.filterwarnings("ignore", message=".*no longer tied after merging.*")
+        warnings.filterwarnings("ignore", message="Could not find a config file in .*vocabulary")
         yield
 
 
