@@ -14,7 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
-def pytest_configure(config) -> None:  # noqa: ARG001 - pytest hook signature
+def pytest_configure(config) -> None:
     import torch
 
     torch.set_num_threads(1)

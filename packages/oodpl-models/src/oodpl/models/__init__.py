@@ -115,4 +115,37 @@ if TYPE_CHECKING:
     from oodpl.models.reward_model import RewardModel
     from oodpl.models.tokenizer import record_texts, train_bpe_tokenizer
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "PRESETS",
+    "CheckpointError",
+    "CompletionCollator",
+    "EngineConfig",
+    "LoraSpec",
+    "ModelNotCachedError",
+    "OodplModelError",
+    "Policy",
+    "PreferenceCollator",
+    "RecordError",
+    "RewardModel",
+    "TokenizerError",
+    "TrainingEngine",
+    "TruncationStats",
+    "UnknownArchitectureError",
+    "__version__",
+    "build_engine",
+    "build_model",
+    "concat_pair_batch",
+    "detached_copy",
+    "functional_forward",
+    "is_pair_batch",
+    "load",
+    "load_language_model",
+    "load_tokenizer",
+    "merge_and_save",
+    "preset_config",
+    "record_texts",
+    "second_order_attention",
+    "set_parameters",
+    "split_pair_batch",
+    "train_bpe_tokenizer",
+]
