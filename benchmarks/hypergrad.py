@@ -33,19 +33,17 @@ Never run as a test.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import math
-import os
 import resource
 import subprocess
 import sys
-import threading
 import time
 
 import torch
 import torch.nn.functional as F
+from _common import _heap_probe, _PeakSampler, _rss_bytes  # shared with the other benchmarks
 
 from oodpl.core.hypergrad import hypergradient
 from oodpl.core.losses import policy_preference_loss, reward_weighted_regression_loss
@@ -135,54 +133,6 @@ def full_graph_hypergradient(inner_loss, outer_loss, theta0, phi, batches, query
         theta = {k: theta[k] - lr * g for k, g in zip(theta, grads, strict=True)}
     grads = torch.autograd.grad(outer_loss(theta, query), list(live_phi.values()))
     return dict(zip(live_phi, grads, strict=True))
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class _MallInfo2(ctypes.Structure):
-    _names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
-    _fields_ = [(name, ctypes.c_size_t) for name in _names.split()]
-
-
-def _heap_probe():
-    """``(read_bytes, label)``: glibc in-use heap bytes if available, else RSS."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallinfo2.restype = _MallInfo2
-    except (OSError, AttributeError):
-        return _rss_bytes, "peak RSS increase"
-
-    def in_use() -> int:
-        info = libc.mallinfo2()
-        return int(info.uordblks + info.hblkhd)
-
-    return in_use, "peak malloc in-use increase"
-
-
-class _PeakSampler:
-    def __init__(self, read, interval: float = 5e-4) -> None:
-        self.read = read
-        self.interval = interval
-        self.peak = read()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.read())
-            time.sleep(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.read())
 
 
 def worker(args) -> dict[str, float]:
