@@ -250,3 +250,37 @@ def run_short_training(
         "weight_sums": {k: float(v.double().sum()) for k, v in weights.items()},
         "world_size": engine.world_size,
     }
+
+
+# --- the real reward model (oodpl.models.RewardModel) for the DeepSpeed acceptance runs -------
+RM_SETTINGS: dict[str, Any] = {
+    "micro_batch_size": 4,
+    "max_steps": 5,
+    "lr": 1e-3,
+    "warmup_steps": 1,
+    "scheduler": "linear",
+    "max_grad_norm": 1.0,
+    "weight_decay": 0.01,
+}
+
+
+def reward_pairs() -> list[Any]:
+    """24 fixed preference pairs (positive vs negative reviews) for RewardModel training."""
+    from oodpl.core.records import Preference
+
+    items = ["book", "film", "kettle", "album", "lamp", "novel", "chair", "radio"]
+    good, bad = ["great", "lovely", "sturdy"], ["awful", "boring", "broken"]
+    return [
+        Preference(f"about the {item}:", f" the {item} is {g}", f" the {item} is {b}", "toy")
+        for item in items
+        for g, b in zip(good, bad, strict=True)
+    ]
+
+
+def reward_probe_pairs() -> list[Any]:
+    from oodpl.core.records import Preference
+
+    return [
+        Preference("about the desk:", " the desk is great", " the desk is awful", "toy"),
+        Preference("about the song:", " the song is lovely", " the song is boring", "toy"),
+    ]

@@ -21,6 +21,7 @@ callable as that forward. Inside a method, calls to ``self.other_method`` are pl
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from abc import ABC, abstractmethod
@@ -308,6 +309,17 @@ class TrainingEngine(ABC):
     @abstractmethod
     def consolidated_state_dict(self) -> dict[str, torch.Tensor]:
         """Full, unpartitioned fp32 weights of the module on CPU (collective under ZeRO-3)."""
+
+    def gathered_parameters(self) -> contextlib.AbstractContextManager[None]:
+        """Context in which ``module`` holds whole parameters on every rank (collective).
+
+        A no-op except under ZeRO-3, where it gathers every partition
+        (``deepspeed.zero.GatheredParameters``), e.g. to call ``module.save_pretrained`` on the
+        main rank or to evaluate the module directly. Read-only: changes are discarded on exit.
+        Under bf16/fp16 the module holds the half-precision working copy; the fp32 master
+        weights come from :meth:`consolidated_state_dict`.
+        """
+        return contextlib.nullcontext()
 
     def save_consolidated(self, path: str | Path) -> Path | None:
         """Write :meth:`consolidated_state_dict` to one safetensors file from the main process.

@@ -296,6 +296,11 @@ class DeepSpeedTrainingEngine(TrainingEngine):
         st.load_rng(directory, self._rank, meta.world_size)
         return extra
 
+    def gathered_parameters(self) -> Any:
+        return self._deepspeed.zero.GatheredParameters(
+            list(self._module.parameters()), modifier_rank=None, enabled=self.config.zero_stage == 3
+        )
+
     def consolidated_state_dict(self) -> dict[str, torch.Tensor]:
         """Full fp32 weights on CPU, on every rank (collective).
 
@@ -312,11 +317,8 @@ class DeepSpeedTrainingEngine(TrainingEngine):
                 full = safe_get_full_fp32_param(param)
                 if full is not None:
                     masters[id(param)] = full.detach().float().cpu().clone()
-        gather = self._deepspeed.zero.GatheredParameters(
-            list(module.parameters()), modifier_rank=None, enabled=self.config.zero_stage == 3
-        )
         out: dict[str, torch.Tensor] = {}
-        with gather:
+        with self.gathered_parameters():
             for key, value in module.state_dict(keep_vars=True).items():
                 if id(value) in masters:
                     out[key] = masters[id(value)].clone()
