@@ -139,10 +139,12 @@ class TorchEngine(TrainingEngine):
         grads = [p.grad for p in self._params if p.grad is not None]
         if self.config.clip_enabled:
             norm = torch.nn.utils.clip_grad_norm_(self._params, float(self.config.max_grad_norm))
-        else:
+        elif grads:
             norm = torch.linalg.vector_norm(
                 torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
             )
+        else:  # no trainable parameter took part in the loss
+            norm = torch.zeros(())
         grad_norm = float(norm)
         skipped = False
         if self._scaler is not None:
