@@ -4,18 +4,21 @@ Every source is registered with its name, aliases, description, domain list, rec
 a hint of the upstream layout ``path`` should point at, the splits it has, its
 source-specific options, and its Hugging Face hub id. Loading reads local files; the hub is used
 only when ``path`` is ``None`` and the caller passes ``use_hub=True`` (it needs a machine that
-can reach the hub; nothing in the test suite does).
+can reach the hub; nothing in the test suite does). The synthetic benchmark is registered as
+``"synthetic"``: it is generated in memory and takes no ``path``.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import fields
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 from oodpl.data.errors import UnknownDomainError, UnknownSourceError
+from oodpl.data.io import Row
 from oodpl.data.records import LoadResult, OnInvalid, RecordCollector
 from oodpl.data.sources import SOURCE_MODULES
 from oodpl.data.sources._common import SourceSpec, hub_rows
@@ -32,6 +35,8 @@ __all__ = [
 _SOURCES: dict[str, SourceSpec] = {}
 _ALIASES: dict[str, str] = {}
 _BUILTINS_LOADED = False
+#: Sources generated in memory: ``load`` calls their ``rows`` with ``path=None``.
+_PATHLESS: set[str] = set()
 
 
 def _normalise(name: str) -> str:
@@ -62,6 +67,62 @@ def _ensure_builtins() -> None:
         spec = importlib.import_module(f"oodpl.data.sources.{module}").SPEC
         if _normalise(spec.name) not in _SOURCES:
             register_source(spec)
+    if "synthetic" not in _SOURCES:
+        register_source(synthetic_spec())
+        _PATHLESS.add("synthetic")
+
+
+def synthetic_spec() -> SourceSpec:
+    """The synthetic benchmark (:mod:`oodpl.data.synthetic`) as source ``"synthetic"``.
+
+    It reads no files: ``load("synthetic", domains=[...], split=..., seed=..., n_pref_train=...)``
+    generates the records (memoised per configuration); options are the
+    :class:`~oodpl.data.synthetic.SyntheticConfig` fields other than ``domains``.
+    """
+    from oodpl.data.synthetic import (
+        BUILTIN_LEXICONS,
+        SPLIT_ALIASES,
+        SPLITS,
+        SyntheticConfig,
+        load_synthetic,
+    )
+
+    def rows(path: None, collector: RecordCollector, *, domains, split, **config) -> Iterator[Row]:
+        label = f"synthetic(seed={config.get('seed')})"
+        collector.add_file(label)
+        records = load_synthetic(list(domains) or None, split, **config)
+        for number, record in enumerate(records, start=1):
+            yield Row(label, number, record, unit="record")
+
+    def process(rows: Iterable[Row], collector: RecordCollector, *, split, **_config) -> None:
+        for row in rows:
+            collector.summary.rows_read += 1
+            record = row.data
+            texts = {"prompt": record.prompt, "domain": record.domain, "source": record.source}
+            if hasattr(record, "chosen"):
+                collector.add_preference(
+                    row, chosen=record.chosen, rejected=record.rejected, meta=record.meta, **texts
+                )
+            else:
+                collector.add_completion(row, response=record.response, meta=record.meta, **texts)
+
+    return SourceSpec(
+        name="synthetic",
+        description="synthetic multi-domain benchmark with an exact gold reward, generated in "
+        "memory (preferences: pref_train, eval_pref; completions: finetune, eval_reference)",
+        domains=tuple(BUILTIN_LEXICONS),
+        record_type="preference or completion",
+        path_hint="(none: generated from its options, e.g. seed, n_pref_train)",
+        hub_id=None,
+        splits=SPLITS,
+        default_split="pref_train",
+        rows=rows,
+        process=process,
+        options={
+            f.name: f.default for f in fields(SyntheticConfig) if f.init and f.name != "domains"
+        },
+        split_aliases=dict(SPLIT_ALIASES),
+    )
 
 
 def get_source(name: str) -> SourceSpec:
@@ -166,6 +227,14 @@ def load(
     collector = RecordCollector(
         spec.name, domains=chosen or None, lenient=lenient, on_invalid=on_invalid
     )
+    if spec.name in _PATHLESS:
+        if path is not None or use_hub:
+            raise ValueError(
+                f"path: source {spec.name!r} is generated in memory and reads no files"
+            )
+        rows = spec.rows(None, collector, domains=chosen, split=split, **opts)
+        spec.process(rows, collector, split=split, **opts)
+        return collector.result()
     if path is not None:
         if use_hub:
             raise ValueError("use_hub: pass either path (local files) or use_hub=True, not both")
