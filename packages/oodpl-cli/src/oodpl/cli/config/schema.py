@@ -114,6 +114,27 @@ class DataSizes:
     )
 
 
+DpormSetting = Literal["I(a)", "I(b)", "I(c)", "II(a)", "II(b)"]
+
+
+@dataclasses.dataclass
+class ExtraSource:
+    """One more source pooled with ``data.source`` (MORE's five sources, METHODS §5; the other
+    datasets of a DPORM setting, §4; Amazon reviews next to CSG pairs, §3)."""
+
+    source: str = field(metadata=doc("data source name in oodpl.data.registry"))
+    path: str | None = field(default=None, metadata=doc("local file or directory of the source"))
+    domains: list[str] = field(default_factory=list, metadata=doc("domains to use; empty = all"))
+    split: str | None = field(default=None, metadata=doc("split to read; null = its default"))
+    options: list[str] = field(
+        default_factory=list, metadata=doc("source options as KEY=VALUE (oodpl data list --json)")
+    )
+
+    def problems(self) -> Problems:
+        bad = [o for o in self.options if "=" not in o or not o.partition("=")[0].strip()]
+        return [("options", f"expected KEY=VALUE, got {bad}")] if bad else []
+
+
 @dataclasses.dataclass
 class DataConfig:
     """Where the data comes from and how it is split into domains."""
@@ -125,6 +146,9 @@ class DataConfig:
         default=None, metadata=doc("local file or directory of the source, if it needs one")
     )
     domains: list[str] = field(default_factory=list, metadata=doc("domains to use; empty = all"))
+    split: str | None = field(
+        default=None, metadata=doc("split of data.source to read; null = the source's default")
+    )
     held_out: list[str] = field(
         default_factory=list,
         metadata=doc("test (out-of-distribution) domains kept out of training"),
@@ -134,6 +158,12 @@ class DataConfig:
     ] = field(
         default="leave-one-domain-out",
         metadata=doc("split protocol (METHODS §3 data protocol, §4)"),
+    )
+    setting: DpormSetting | None = field(
+        default=None, metadata=doc("dporm-settings: the setting to run; null = all five (§4)")
+    )
+    extra_sources: list[ExtraSource] = field(
+        default_factory=list, metadata=doc("more sources pooled with data.source")
     )
     sizes: DataSizes = field(default_factory=DataSizes, metadata=doc("items per domain and split"))
     seed: int = field(default=0, metadata=doc("seed of sampling and splitting"))
@@ -148,6 +178,8 @@ class DataConfig:
             out.append(("held_out", f"held-out domains {unknown} are not in data.domains"))
         if self.domains and len(set(self.domains)) != len(self.domains):
             out.append(("domains", "domains are listed more than once"))
+        if self.setting is not None and self.protocol != "dporm-settings":
+            out.append(("setting", "data.setting needs data.protocol: dporm-settings"))
         return out
 
 

@@ -30,6 +30,10 @@ class RewardModelTraining:
     items_per_source: int = field(
         default=16, metadata=doc("MORE: items per source in each batch", ge=1)
     )
+    group_by: Literal["source", "domain"] = field(
+        default="source",
+        metadata=doc("MultiTask/MORE: the record field naming the K sources (source or domain)"),
+    )
 
 
 @dataclasses.dataclass
