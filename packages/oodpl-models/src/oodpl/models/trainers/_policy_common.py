@@ -234,9 +234,15 @@ def run_loop(
     return result
 
 
-def forbid_zero3(engine: TrainingEngine, trainer: str) -> None:
-    """Generation reads whole weights from ``engine.module``: ZeRO-3 partitions them."""
-    if engine.config.backend == "deepspeed" and engine.config.zero_stage == 3:
+def forbid_zero3(engine: EngineConfig | TrainingEngine | None, trainer: str) -> None:
+    """Generation reads whole weights from the policy: ZeRO-3 partitions them (check this before
+    building the engine)."""
+    config = engine.config if isinstance(engine, TrainingEngine) else engine
+    if (
+        isinstance(config, EngineConfig)
+        and config.backend == "deepspeed"
+        and config.zero_stage == 3
+    ):
         raise ValueError(
             f"{trainer} generates from the policy between updates, which needs whole weights: "
             "use EngineConfig.zero_stage <= 2 (ZeRO-3 partitions the parameters)"
