@@ -14,7 +14,9 @@ A run config is one YAML mapping with a required ``kind`` and optional sections:
 
 Trainer-specific settings live in sub-sections of ``train`` named after the trainer (``train.rm``,
 ``train.dpo``, ``train.meta``, ``train.ppo``, ``train.rjs``); kinds ignore the sub-sections of other
-kinds. Every field carries a one-line help text (``oodpl config schema`` lists them all) and the
+kinds. The experiment kinds (``quickstart``, ``study``, ``iterate``: several trainers in one
+run) have their own sections of the same names (:mod:`oodpl.cli.config.experiments`).
+Every field carries a one-line help text (``oodpl config schema`` lists them all) and the
 loader (:mod:`oodpl.cli.config.loader`) validates types, bounds and choices, naming the full
 dotted key and file on error. Cross-field rules live in each section's ``problems()`` method.
 Formulas the settings feed are in METHODS.md (§2 DPO family, §3 OODPL bilevel, §5 MORE).
@@ -26,6 +28,7 @@ import dataclasses
 from dataclasses import field
 from typing import Any, Literal, get_args
 
+from oodpl.cli.config.experiments import IterateConfig, QuickstartConfig, StudyConfig
 from oodpl.cli.config.fields import doc
 from oodpl.cli.config.trainers import (
     DPOTraining,
@@ -35,8 +38,13 @@ from oodpl.cli.config.trainers import (
     RJSTraining,
 )
 
-RunKind = Literal["sft", "rm", "dpo", "hpl", "ppo", "meta", "meta-test", "rjs"]
-RUN_KINDS: tuple[str, ...] = get_args(RunKind)
+TrainKind = Literal["sft", "rm", "dpo", "hpl", "ppo", "meta", "meta-test", "rjs"]
+ExperimentKind = Literal["quickstart", "study", "iterate"]
+RunKind = Literal[TrainKind, ExperimentKind]
+RUN_KINDS: tuple[str, ...] = get_args(TrainKind)
+"""The trainable kinds (``oodpl train KIND``)."""
+EXPERIMENT_KINDS: tuple[str, ...] = get_args(ExperimentKind)
+"""Kinds that run several trainers in one run directory (``oodpl quickstart|study|iterate``)."""
 
 Problems = list[tuple[str, str]]
 """(field name, message) pairs returned by ``problems()``; the loader prefixes the dotted path."""
@@ -312,7 +320,12 @@ class EvalConfig:
 class RunConfig:
     """One run: what to train (``kind``), on which model and data, and how to evaluate it."""
 
-    kind: RunKind = field(metadata=doc("sft | rm | dpo | hpl | ppo | meta | meta-test | rjs"))
+    kind: RunKind = field(
+        metadata=doc(
+            "sft | rm | dpo | hpl | ppo | meta | meta-test | rjs, or an experiment: "
+            "quickstart | study | iterate"
+        )
+    )
     name: str | None = field(
         default=None, metadata=doc("run directory name; default <kind>-<timestamp>")
     )
@@ -323,6 +336,11 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig, metadata=doc("training settings"))
     engine: EngineConfig = field(default_factory=EngineConfig, metadata=doc("engine settings"))
     eval: EvalConfig = field(default_factory=EvalConfig, metadata=doc("evaluation settings"))
+    study: StudyConfig = field(default_factory=StudyConfig, metadata=doc("kind study"))
+    iterate: IterateConfig = field(default_factory=IterateConfig, metadata=doc("kind iterate"))
+    quickstart: QuickstartConfig = field(
+        default_factory=QuickstartConfig, metadata=doc("kind quickstart")
+    )
     notes: str = field(default="", metadata=doc("free text copied into the report"))
 
     def problems(self) -> Problems:
