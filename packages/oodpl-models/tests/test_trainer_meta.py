@@ -10,6 +10,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from oodpl.core.losses import policy_preference_loss, reward_weighted_regression_loss
 from oodpl.core.records import Completion, Preference
@@ -18,7 +20,7 @@ from oodpl.models.lora import LoraSpec, set_parameters
 from oodpl.models.policy import Policy
 from oodpl.models.reward_model import RewardModel
 from oodpl.models.tokenizer import train_bpe_tokenizer
-from oodpl.models.trainers.meta import MetaDomain, MetaTrainConfig, train_meta
+from oodpl.models.trainers.meta import MetaDomain, MetaTrainConfig, minibatches, train_meta
 from oodpl.models.trainers.sft import train_sft
 
 GOOD = ["great", "lovely", "sturdy", "superb"]
@@ -113,10 +115,12 @@ ENTRIES = [
 
 
 def _one_meta_step(policy, reward_model, domains, **overrides):
-    """Run one outer SGD step with lr 1 and return (hypergradient = φ_0 − φ_1, result)."""
+    """Run one outer SGD step with lr 1 and return (hypergradient = φ_0 − φ_1, result); φ is
+    restored afterwards."""
     phi = reward_model.trainable_parameters()
     before = {k: v.detach().clone() for k, v in phi.items()}
-    options = {"steps": 1, "inner_steps": 2, "inner_lr": 0.5, "beta": 0.7, "outer_lr": 1.0}
+    options = {"steps": 1, "inner_steps": 2, "inner_lr": 0.5, "beta": 0.7}
+    options.update(outer_optimizer="sgd", outer_lr=1.0)
     options.update(support_batch_size=16, query_batch_size=6, **overrides)
     result = train_meta(reward_model, policy, domains, MetaTrainConfig(**options))
     grad = {k: before[k] - phi[k].detach() for k in phi}
@@ -244,7 +248,12 @@ def test_value_head_only_and_t5(tokenizer):
     policy, reward_model, domains = _small_problem(tokenizer, "t5-tiny", torch.float32)
     before = {k: v.detach().clone() for k, v in reward_model.trainable_parameters().items()}
     config = MetaTrainConfig(
-        steps=2, inner_steps=2, inner_lr=0.1, reward_parameters="value_head", outer_lr=0.5
+        steps=2,
+        inner_steps=2,
+        inner_lr=0.1,
+        reward_parameters="value_head",
+        outer_lr=0.5,
+        outer_optimizer="sgd",  # Adam would blow the bias's round-off gradient up to a full step
     )
     result = train_meta(reward_model, policy, domains, config)
     assert len(result.history) == 2
@@ -272,3 +281,15 @@ def test_meta_bad_input_names_the_argument(tokenizer):
         train_meta(reward_model, policy, domains, held_out={"zz": domains["d1"].preferences})
     with pytest.raises(TypeError, match="reward_model must be"):
         train_meta(policy, policy, domains)  # type: ignore[arg-type]
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(1, 40), size=st.integers(1, 12), seed=st.integers(0, 1000))
+def test_minibatches_partition_one_epoch(n, size, seed):
+    """Disjoint equal-size batches; the remainder is dropped unless the data is one short batch."""
+    batches = list(minibatches(list(range(n)), size, torch.Generator().manual_seed(seed)))
+    expected = min(size, n)
+    assert all(len(b) == expected for b in batches)
+    assert len(batches) == n // expected
+    seen = [i for b in batches for i in b]
+    assert len(set(seen)) == len(seen) and set(seen) <= set(range(n))
