@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from oodpl.core.bilevel import DomainData, MetaStepRecord, meta_train
 from oodpl.core.hypergrad import METHODS
@@ -52,6 +51,7 @@ from oodpl.core.metrics import pl_accuracy
 from oodpl.core.records import Completion, Preference
 from oodpl.models.backbone import to_device
 from oodpl.models.engine.loop import JsonlLogger
+from oodpl.models.lora import detached_copy, second_order_attention
 from oodpl.models.policy import Policy
 from oodpl.models.reward_model import RewardModel
 from oodpl.models.trainers._policy_common import (
@@ -299,7 +299,7 @@ def _attention_context(config: MetaTrainConfig, *models: Any) -> contextlib.Abst
             model.set_attn_implementation(choice)
     if choice is None or not second_order:
         return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.MATH])
+    return second_order_attention()
 
 
 class _HeldOutEvaluator:
@@ -397,7 +397,7 @@ def train_meta(
         )
     attention = _attention_context(config, policy, reward_model)
     objective = BilevelObjective(policy, reward_model, config)
-    theta_init = {k: v.detach().clone() for k, v in policy.trainable_parameters().items()}
+    theta_init = detached_copy(policy.trainable_parameters(), requires_grad=False)
     phi = _reward_parameters(reward_model, config.reward_parameters)
     logger = JsonlLogger(log_path) if log_path is not None else None
     result = MetaTrainerResult(reward_model)
