@@ -1,0 +1,353 @@
+"""Cost of one OODPL meta-step against K+1 plain LoRA steps, per hypergradient method and K.
+
+Problem ([OODPL] Alg. 1, METHODS §3) built from oodpl's meta-trainer pieces: policy and reward
+model are ``pythia-tiny`` (random weights, ``--preset``) with LoRA r = 8 on ``query_key_value``;
+``θ`` = the policy's LoRA factors + LM-head copy (oodpl's default ``LoraSpec``, as in the paper),
+``φ`` = the reward model's LoRA factors + value head. ``L_in`` is the reward-weighted regression
+of ``oodpl.models.trainers.meta.BilevelObjective.inner_loss`` ([OODPL] Eq. 10, softmax weights,
+β = 1), ``L_out`` the policy preference loss of ``BilevelObjective.outer_loss`` (Eq. 6-7).
+Support batches: ``--batch`` completions of prompt ``--prompt-len`` + response
+``--response-len`` (+eos) tokens; query batch: ``--batch`` preference pairs of the same shape.
+Batches are collated before timing. Both models in eval mode, as ``train_meta`` runs them.
+
+Rows:
+* ``plain K+1``: K+1 plain LoRA steps ``θ ← θ − α ∇_θ L_in(θ; φ)`` (φ held constant, one forward
+  and backward of the policy plus a no-grad reward forward per step), with the models' own
+  (fused SDPA) attention kernels; the denominator of every ratio;
+* a meta-step: ``oodpl.core.hypergrad.hypergradient(method=…)`` over K support batches and the
+  query batch, then an SGD step on φ. ``unrolled`` (exact), ``truncated`` (T = 1),
+  ``first_order`` (R = 0.01, finite differences of first-order gradients), ``neumann`` and
+  ``cg`` (``--terms`` each). Second-order methods run SDPA restricted to its math kernel
+  (``oodpl.models.lora.second_order_attention``, what ``train_meta`` does by default), because
+  the fused kernels have no double backward; ``first_order`` keeps the fused kernels;
+* ``full_graph``: plain autograd through all K steps with ``create_graph=True`` (what the reverse
+  recurrence avoids; memory grows with K);
+* ``higher``: the same unrolled problem through the ``higher`` library (``innerloop_ctx`` around
+  the policy module, ``DifferentiableSGD`` over θ, ``copy_initial_weights=False``; the reward
+  model's live parameters are φ), then ``autograd.grad`` of ``L_out`` w.r.t. φ.
+
+Time: median wall-clock over ``--repeats`` calls after a K-independent warm-up (one call of the
+same method with K = 1). Ratio = meta-step time / time of K+1 plain steps. Peak memory: each
+(method, K) runs in a fresh subprocess; the increase during the first measured call over the
+memory just before it (``_common.PeakMemory``: CUDA ``max_memory_allocated``, or glibc ``malloc``
+in-use bytes sampled every 0.5 ms on CPU), so it counts the call's activations, graphs and
+iterates, not the models. The unrolled gradient's norm is printed to check methods agree.
+
+Usage::
+
+    pip install -r benchmarks/requirements.txt     # for the `higher` row
+    python benchmarks/meta_step.py --quick          # K = 1 4, few methods
+    python benchmarks/meta_step.py                  # K = 1 4 16, all methods, CPU
+    python benchmarks/meta_step.py --device cuda --ks 1 4 16 64
+
+Never run as a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+from _common import (
+    PeakMemory,
+    hardware_line,
+    markdown_table,
+    memory_label,
+    synchronize,
+    synthetic_completions,
+    synthetic_preferences,
+    word_tokenizer,
+)
+
+from oodpl.core.hypergrad import hypergradient
+from oodpl.models.lora import LoraSpec, second_order_attention
+from oodpl.models.policy import Policy
+from oodpl.models.reward_model import RewardModel
+
+METHODS = {
+    "unrolled": {},
+    "truncated": {"truncate": 1},
+    "first_order": {"radius": 0.01},
+    "neumann": {},
+    "cg": {},
+}
+SECOND_ORDER = ("unrolled", "truncated", "neumann", "cg", "full_graph", "higher")
+ROWS = ("plain", *METHODS, "full_graph", "higher")
+
+
+def build_problem(args):
+    """(objective, θ_init, φ, support batches, query batch) on ``args.device``."""
+    try:
+        from oodpl.models.trainers.meta import BilevelObjective, MetaTrainConfig
+    except ImportError as error:
+        raise SystemExit(f"meta_step.py needs oodpl.models.trainers.meta ({error})") from None
+    device = torch.device(args.device)
+    tokenizer = word_tokenizer(args.vocab)
+    lora = LoraSpec(r=8, alpha=16.0)
+    policy = Policy.from_preset(args.preset, tokenizer, seed=args.seed, lora=lora).to(device)
+    reward = RewardModel.from_preset(args.preset, tokenizer, seed=args.seed + 1, lora=lora)
+    reward = reward.to(device)
+    policy.eval()
+    reward.eval()
+    objective = BilevelObjective(policy, reward, MetaTrainConfig(beta=1.0, inner_lr=args.lr))
+    n_support = args.k + 1 if args.method == "plain" else args.k
+    support = []
+    for i in range(max(n_support, 2)):
+        records = synthetic_completions(
+            args.batch, args.prompt_len, args.response_len, vocab_size=args.vocab, seed=100 + i
+        )
+        support.append(objective.support_batch(records))
+    pairs = synthetic_preferences(
+        args.batch,
+        args.prompt_len,
+        (args.response_len, args.response_len),
+        vocab_size=args.vocab,
+        seed=7,
+    )
+    query = objective.query_batch(pairs)
+    theta0 = {k: v.detach().clone() for k, v in policy.trainable_parameters().items()}
+    phi = reward.trainable_parameters()
+    return objective, theta0, phi, support[:n_support], support[:1], query
+
+
+def plain_steps(objective, theta0, phi, batches, lr):
+    """K+1 plain LoRA steps (``adapt_policy_parameters``' update, φ constant)."""
+    frozen = {k: v.detach() for k, v in phi.items()}
+    theta = {k: v.detach() for k, v in theta0.items()}
+    for batch in batches:
+        leaves = {k: v.clone().requires_grad_(True) for k, v in theta.items()}
+        loss = objective.inner_loss(leaves, frozen, batch)
+        grads = torch.autograd.grad(loss, list(leaves.values()))
+        theta = {k: v - lr * g for (k, v), g in zip(theta.items(), grads, strict=True)}
+    return theta
+
+
+def full_graph(objective, theta0, phi, batches, query, lr):
+    """Autograd through the whole unrolled graph (memory grows with K)."""
+    theta = {k: v.detach().requires_grad_(True) for k, v in theta0.items()}
+    for batch in batches:
+        loss = objective.inner_loss(theta, phi, batch)
+        grads = torch.autograd.grad(loss, list(theta.values()), create_graph=True)
+        theta = {k: theta[k] - lr * g for k, g in zip(theta, grads, strict=True)}
+    outer = objective.outer_loss(theta, query)
+    return dict(zip(phi, torch.autograd.grad(outer, list(phi.values())), strict=True))
+
+
+def _allow_abc_modules(higher) -> None:
+    """Let ``higher`` patch modules whose class lists ``nn.Module`` before ``ABC`` (peft's
+    ``BaseTuner(nn.Module, ABC)``, ``LoraLayer``): higher 0.2.1 subclasses every module type
+    together with its ``_MonkeyPatchBase(ABC, nn.Module)``, which has no consistent MRO with
+    those ("Cannot create a consistent method resolution order"). The shim is the same class
+    without the ``ABC`` base (its only abstract method is ``__init__``, always overridden)."""
+    patch = higher.patch
+    base = patch._MonkeyPatchBase
+    if base.__bases__ == (torch.nn.Module,):
+        return
+    skip = {"__dict__", "__weakref__", "__abstractmethods__", "_abc_impl"}
+    namespace = {k: v for k, v in vars(base).items() if k not in skip}
+    patch._MonkeyPatchBase = type("_MonkeyPatchBase", (torch.nn.Module,), namespace)
+
+
+def higher_unrolled(objective, theta0, phi, batches, query, lr):
+    """The unrolled hypergradient through ``higher`` (see the module docstring)."""
+    try:
+        import higher
+    except ImportError:
+        raise RuntimeError(
+            "higher is not installed (pip install -r benchmarks/requirements.txt)"
+        ) from None
+    from oodpl.core.losses import policy_preference_loss, reward_weighted_regression_loss
+
+    _allow_abc_modules(higher)
+    policy, reward = objective.policy, objective.reward_model
+    live = policy.trainable_parameters()
+    with torch.no_grad():  # reset θ to θ_init (the meta-step starts from the SFT policy)
+        for name, value in theta0.items():
+            live[name].copy_(value)
+    optimizer = torch.optim.SGD(list(live.values()), lr=lr)
+    config = objective.config
+    with higher.innerloop_ctx(policy, optimizer, copy_initial_weights=False) as (fpolicy, diffopt):
+        for batch in batches:
+            rewards = reward.functional_rewards(phi, batch["reward"])
+            logps, n_tokens = fpolicy(batch["policy"])
+            loss = reward_weighted_regression_loss(
+                logps, n_tokens, rewards, beta=config.beta, weighting=config.weighting
+            )
+            diffopt.step(loss)
+        outer = policy_preference_loss(*fpolicy(query))
+        grads = torch.autograd.grad(outer, list(phi.values()))
+    return dict(zip(phi, grads, strict=True))
+
+
+def run_once(args, objective, theta0, phi, batches, query):
+    """One measured call: the meta-step of ``args.method`` (or the plain steps)."""
+    if args.method == "plain":
+        return None, plain_steps(objective, theta0, phi, batches, args.lr)
+    if args.method == "full_graph":
+        grad = full_graph(objective, theta0, phi, batches, query, args.lr)
+    elif args.method == "higher":
+        grad = higher_unrolled(objective, theta0, phi, batches, query, args.lr)
+    else:
+        options = dict(METHODS[args.method])
+        if args.method in ("neumann", "cg"):
+            options["terms"] = args.terms
+        grad = hypergradient(
+            objective.inner_loss,
+            objective.outer_loss,
+            theta0,
+            phi,
+            batches,
+            query,
+            lr=args.lr,
+            method=args.method,
+            **options,
+        ).grad
+    with torch.no_grad():  # the outer SGD step on φ (paper: SGD)
+        for name, g in grad.items():
+            phi[name].sub_(args.outer_lr * g)
+    return grad, None
+
+
+def worker(args) -> dict[str, float]:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    objective, theta0, phi, batches, warm_batches, query = build_problem(args)
+    attention = (
+        second_order_attention() if args.method in SECOND_ORDER else contextlib.nullcontext()
+    )
+    phi_init = {k: v.detach().clone() for k, v in phi.items()}
+    with attention:
+        run_once(args, objective, theta0, phi, warm_batches, query)  # K-independent warm-up
+        gc.collect()
+        times, grad = [], None
+        for repeat in range(args.repeats):
+            with torch.no_grad():
+                for name, value in phi_init.items():
+                    phi[name].copy_(value)
+            synchronize(args.device)
+            with PeakMemory(args.device) if repeat == 0 else contextlib.nullcontext() as meter:
+                start = time.perf_counter()
+                out, _ = run_once(args, objective, theta0, phi, batches, query)
+                synchronize(args.device)
+                times.append(time.perf_counter() - start)
+            if repeat == 0:
+                peak = meter.peak_mib
+                grad = out
+            del out
+            gc.collect()
+    result = {"seconds": statistics.median(times), "peak_mib": peak}
+    if grad is not None:
+        result["grad_norm"] = math.sqrt(sum(float(g.double().pow(2).sum()) for g in grad.values()))
+    result["n_theta"] = sum(v.numel() for v in theta0.values())
+    result["n_phi"] = sum(v.numel() for v in phi.values())
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--preset", default="pythia-tiny")
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--methods", nargs="+", default=list(ROWS[1:]), choices=list(ROWS[1:]))
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--prompt-len", type=int, default=32)
+    parser.add_argument("--response-len", type=int, default=31)
+    parser.add_argument("--vocab", type=int, default=1024)
+    parser.add_argument("--lr", type=float, default=0.1, help="inner step size α")
+    parser.add_argument("--outer-lr", type=float, default=1e-3)
+    parser.add_argument("--terms", type=int, default=8, help="Neumann terms / CG iterations")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls (median)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="K = 1 4, 1 repeat, 3 methods")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--method", help=argparse.SUPPRESS)
+    parser.add_argument("--k", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    if args.quick:
+        args.ks, args.repeats = [1, 4], 1
+        args.methods = [m for m in args.methods if m in ("unrolled", "first_order", "higher")]
+
+    torch.set_num_threads(args.threads)
+    print(hardware_line(args.device))
+    print(
+        f"preset {args.preset} (policy + reward model, LoRA r=8), batch {args.batch} x "
+        f"({args.prompt_len} + {args.response_len} + eos) tokens, α={args.lr}, "
+        f"terms={args.terms}, {args.repeats} timed repeat(s), threads={args.threads}\n"
+    )
+    forwarded = [
+        "device",
+        "preset",
+        "batch",
+        "prompt_len",
+        "response_len",
+        "vocab",
+        "lr",
+        "outer_lr",
+        "terms",
+        "repeats",
+        "threads",
+        "seed",
+    ]
+    shared = [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in forwarded]
+    results: dict[tuple[str, int], dict] = {}
+    for method in ("plain", *args.methods):
+        for k in args.ks:
+            command = [sys.executable, __file__, "--worker", f"--method={method}", f"--k={k}"]
+            done = subprocess.run(command + shared, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                lines = done.stderr.strip().splitlines() or ["?"]
+                tail = next((line for line in reversed(lines) if "Error" in line), lines[-1])
+                results[(method, k)] = {"error": tail.strip()[:200]}
+            else:
+                results[(method, k)] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"  {method:12s} K={k:<3d} {results[(method, k)]}", file=sys.stderr)
+
+    first = next((r for r in results.values() if "n_theta" in r), {})
+    print(f"|θ| = {first.get('n_theta', '?')}, |φ| = {first.get('n_phi', '?')}")
+    print(f"time (s, median) / ratio to K+1 plain LoRA steps / {memory_label(args.device)} (MiB)\n")
+    header = ["method", *(f"K={k}" for k in args.ks)]
+    rows = []
+    for method in ("plain", *args.methods):
+        cells = [f"plain {'K+1'} steps" if method == "plain" else method]
+        for k in args.ks:
+            row = results[(method, k)]
+            if "error" in row:
+                cells.append(f"error: {row['error']}")
+                continue
+            base = results[("plain", k)]
+            ratio = (
+                ""
+                if method == "plain" or "error" in base
+                else (f" / {row['seconds'] / base['seconds']:.1f}x")
+            )
+            cells.append(f"{row['seconds']:.3f} s{ratio} / {row['peak_mib']:.1f}")
+        rows.append(cells)
+    print(markdown_table(header, rows))
+    norms = {}
+    for method in args.methods:
+        norms[method] = {
+            k: f"{results[(method, k)]['grad_norm']:.4g}"
+            for k in args.ks
+            if "grad_norm" in results[(method, k)]
+        }
+    print("\n|g| per method and K:", json.dumps(norms))
+
+
+if __name__ == "__main__":
+    main()
