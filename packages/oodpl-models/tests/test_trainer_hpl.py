@@ -44,6 +44,7 @@ def test_hpl_raises_pl_accuracy_on_training_pairs(data, preset, tmp_path):
         log_path=tmp_path / "hpl.jsonl",
     )
     after = policy_preference_metrics(policy, pairs)
+    print(f"{preset}: PL accuracy {before['pl_accuracy']:.3f} -> {after['pl_accuracy']:.3f}")
     assert after["pl_accuracy"] >= 0.9 and after["pl_accuracy"] > before["pl_accuracy"] + 0.2
     assert after["pl_loss"] < before["pl_loss"]
     logged = [json.loads(x) for x in (tmp_path / "hpl.jsonl").read_text().splitlines()]

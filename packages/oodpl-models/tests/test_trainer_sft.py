@@ -60,6 +60,7 @@ def test_sft_lowers_held_out_nll(data, preset, tmp_path):
     )
     after = completion_nll(policy, held_out)
     assert result.policy is policy
+    print(f"{preset}: held-out NLL {before:.3f} -> {after:.3f}")
     assert after < before - 1.0, (before, after)
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 26))
