@@ -14,6 +14,8 @@ from oodpl.models.packed_forward import (
     packed_logps,
     packed_preference_logps,
     packed_rewards,
+    supports_varlen,
+    varlen_attention_forward,
 )
 from oodpl.models.packing import (
     PackedPreferenceCollator,
@@ -28,7 +30,7 @@ from oodpl.models.reward_model import RewardModel
 
 TOL = 1e-5
 CAUSAL = ("pythia-tiny", "gemma-tiny")
-MODES = ("block_diagonal", "position_ids")
+MODES = ("varlen", "block_diagonal", "position_ids")
 
 
 def _short_pairs() -> list[Preference]:
@@ -147,7 +149,9 @@ def test_packed_equals_padded_with_eager_attention(tokenizer, causal_arch):
     reward, policy = _models(tokenizer, causal_arch, False, "eager")
     batch = reward.preference_collator(padding_side="right")(_short_pairs())
     packed = pack_pair_batch(batch)
-    assert attention_mask_for(reward.model, packed["cu_seqlens"]).dtype == torch.float32
+    mask = attention_mask_for(reward.model, packed["cu_seqlens"], "block_diagonal")
+    assert mask.dtype == torch.float32 and mask.shape[-1] == packed["packed_input_ids"].shape[1]
+    assert attention_mask_for(reward.model, packed["cu_seqlens"]) is None  # auto: varlen
     with torch.no_grad():
         for mode in MODES:
             got = packed_rewards(reward, packed, attention=mode)
@@ -210,6 +214,28 @@ def test_gradients_packed_equal_padded(tokenizer, causal_arch, lora):
     assert sum(float(g.abs().sum()) for g in want.values()) > 0
     for name in want:
         assert (want[name] - got[name]).abs().max() <= TOL, name
+
+
+def test_auto_mode_and_attention_implementation_restored(tokenizer):
+    reward, _ = _models(tokenizer, "pythia-tiny", False)
+    assert supports_varlen(reward.model)
+    assert supports_varlen(_models(tokenizer, "gemma-tiny", False)[0].model)
+    packed = pack_pair_batch(reward.preference_collator()(_short_pairs()))
+    config = reward.lm.config
+    with torch.no_grad():
+        packed_rewards(reward, packed, attention="varlen")
+    assert config._attn_implementation == "sdpa"
+    config.sliding_window = 4  # now varlen would be wrong: auto falls back to the mask
+    try:
+        assert not supports_varlen(reward.model)
+        assert attention_mask_for(reward.model, packed["cu_seqlens"]) is not None
+        with pytest.raises(ValueError, match="block_diagonal"):
+            packed_rewards(reward, packed, attention="varlen")
+    finally:
+        del config.sliding_window
+    assert config._attn_implementation == "sdpa"
+    with pytest.raises(ValueError, match="packed rows only"):
+        varlen_attention_forward(None, *(torch.zeros(2, 1, 3, 4),) * 3, None)
 
 
 # -- bad input ---------------------------------------------------------------------------------

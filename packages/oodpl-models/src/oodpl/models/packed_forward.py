@@ -4,15 +4,23 @@ compute spent on padding, numerically the padded path's results (tests: ≤ 1e-5
 All 2B sequences of a packed batch run as one row of N tokens with per-sequence position ids.
 Attention must not cross sequence boundaries; ``attention`` chooses how:
 
+- ``"varlen"``: attention runs per sequence (``scaled_dot_product_attention`` with
+  ``is_causal=True`` on each ``cu_seqlens`` segment), through an attention function registered
+  with ``transformers.AttentionInterface`` as ``"oodpl_varlen"`` and selected for the duration of
+  the packed forward only. Cost ``O(Σ_s L_s²)``, no ``N × N`` mask: the CPU (and any-device)
+  padding-free path. Needs plain causal attention (no sliding window, no attention-logit
+  soft-capping), which Pythia / GPT-NeoX, Gemma (1), Llama, Qwen2 ... have.
 - ``"block_diagonal"``: an explicit ``[1, 1, N, N]`` block-diagonal causal mask (boolean for
   ``sdpa`` / ``flex_attention``, additive 0 / ``finfo.min`` for ``eager``), passed as a 4-D
-  ``attention_mask`` that ``transformers`` uses as is. Exact on every backend that takes a mask;
-  costs an ``N × N`` mask.
+  ``attention_mask`` that ``transformers`` uses as is. Exact on every backend that takes a mask
+  (sliding windows and soft-capping included), but dense attention costs ``O(N²)``: slower than
+  padding on CPU for large batches (see the lead's report); kept as the reference / fallback.
 - ``"position_ids"``: no mask; position ids restarting at 0 let ``transformers`` 5.x detect the
   packing (``masking_utils.find_packed_sequence_indices``): it builds the block-diagonal mask itself
   for sdpa / eager / flex, and flash-attention 2/3 run varlen kernels from the boundaries (no
   ``N × N`` mask at all, the GPU path).
-- ``"auto"`` (default): ``"position_ids"`` for flash attention, else ``"block_diagonal"``.
+- ``"auto"`` (default): ``"position_ids"`` for flash attention, else ``"varlen"`` when the model
+  has plain causal attention, else ``"block_diagonal"``.
 
 Rewards (METHODS §1): ``r(x, y) = w · h_last + b`` at the last token of each sequence
 (``cu_seqlens[s + 1] - 1``). Log-probs: ``Σ_{t ∈ response} log softmax(W h_{t-1})[y_t]`` over the
@@ -21,11 +29,15 @@ response tokens only, through :func:`oodpl.models.logps.chunked_token_logps`. Ca
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Literal
+import contextlib
+import itertools
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+from transformers import AttentionInterface
 
 from oodpl.models.backbone import _accepts_position_ids, unwrap
 from oodpl.models.logps import DEFAULT_CHUNK_SIZE, chunked_token_logps
@@ -36,9 +48,99 @@ from oodpl.models.packing import (
     sequence_index,
 )
 
-AttentionMode = Literal["auto", "block_diagonal", "position_ids"]
-ATTENTION_MODES = ("auto", "block_diagonal", "position_ids")
-_FLASH = ("flash_attention_2", "flash_attention_3")
+AttentionMode = Literal["auto", "varlen", "block_diagonal", "position_ids"]
+ATTENTION_MODES = ("auto", "varlen", "block_diagonal", "position_ids")
+VARLEN_ATTENTION = "oodpl_varlen"
+_FLASH = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
+
+
+def varlen_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Causal attention within each ``cu_seq_lens_q`` segment of a packed row.
+
+    ``query`` ``[1, H, N, D]``, ``key`` / ``value`` ``[1, H_kv, N, D]`` (grouped-query heads are
+    repeated); returns ``([1, N, H, D], None)`` as ``transformers`` attention functions do.
+    """
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None or query.shape[0] != 1:
+        raise ValueError(
+            f"{VARLEN_ATTENTION} attention runs packed rows only (batch 1 with cu_seq_lens_q); "
+            "use oodpl.models.packed_forward, not the model's own forward"
+        )
+    if attention_mask is not None:
+        raise ValueError(f"{VARLEN_ATTENTION} attention takes no attention_mask")
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    bounds = [int(b) for b in cu.tolist()]
+    outputs = [
+        F.scaled_dot_product_attention(
+            query[:, :, start:end],
+            key[:, :, start:end],
+            value[:, :, start:end],
+            dropout_p=dropout,
+            is_causal=end - start > 1,
+            scale=scaling,
+        )
+        for start, end in itertools.pairwise(bounds)
+    ]
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(VARLEN_ATTENTION, varlen_attention_forward)
+
+
+def supports_varlen(model: nn.Module) -> bool:
+    """Whether the model's attention is plain causal softmax attention (``"varlen"`` is exact)."""
+    config = unwrap(model).config.get_text_config()
+    if getattr(config, "is_causal", True) is False:
+        return False
+    for name in ("sliding_window", "attn_logit_softcapping", "layer_types", "alibi"):
+        value = getattr(config, name, None)
+        if name == "layer_types" and value is not None:
+            if any(kind != "full_attention" for kind in value):
+                return False
+        elif name != "layer_types" and value not in (None, False):
+            return False
+    return getattr(config, "model_type", "") not in ("bloom", "mpt", "falcon")
+
+
+def _resolve(model: nn.Module, attention: str) -> str:
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+    implementation = getattr(unwrap(model).config, "_attn_implementation", None) or "eager"
+    if attention == "auto":
+        if implementation in _FLASH:
+            return "position_ids"
+        return "varlen" if supports_varlen(model) else "block_diagonal"
+    if attention == "varlen" and not supports_varlen(model):
+        raise ValueError(
+            f"attention='varlen' needs plain causal attention; {unwrap(model).config.model_type} "
+            "has a sliding window / soft-capping / bias: use attention='block_diagonal'"
+        )
+    return attention
+
+
+@contextlib.contextmanager
+def _attention_implementation(model: nn.Module, name: str | None) -> Iterator[None]:
+    """Select attention implementation ``name`` for the duration of the block (None: keep)."""
+    config = unwrap(model).config
+    saved = config._attn_implementation
+    if name is not None:
+        config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = saved
 
 
 def _check_packed(packed: Mapping[str, torch.Tensor], max_positions: int | None) -> None:
@@ -68,14 +170,11 @@ def _check_packed(packed: Mapping[str, torch.Tensor], max_positions: int | None)
 def attention_mask_for(
     model: nn.Module, cu_seqlens: torch.Tensor, attention: AttentionMode = "auto"
 ) -> torch.Tensor | None:
-    """The ``attention_mask`` to pass with a packed row (None: rely on position ids)."""
-    if attention not in ATTENTION_MODES:
-        raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+    """The ``attention_mask`` to pass with a packed row (None: varlen / position ids)."""
+    attention = _resolve(model, attention)
     lm = unwrap(model)
     implementation = getattr(lm.config, "_attn_implementation", None) or "eager"
-    if attention == "auto":
-        attention = "position_ids" if implementation in _FLASH else "block_diagonal"
-    if attention == "position_ids":
+    if attention in ("position_ids", "varlen"):
         return None
     if implementation in _FLASH:
         raise ValueError(
@@ -100,15 +199,23 @@ def packed_hidden_states(
     if not _accepts_position_ids(type(body)):
         raise ValueError(f"{type(body).__name__} takes no position_ids: it cannot run packed")
     device = lm.device
-    kwargs = {
+    mode = _resolve(model, attention)
+    kwargs: dict[str, Any] = {
         "input_ids": packed["packed_input_ids"].to(device),
         "position_ids": packed["packed_position_ids"].to(device),
-        "attention_mask": attention_mask_for(model, packed["cu_seqlens"], attention),
+        "attention_mask": attention_mask_for(model, packed["cu_seqlens"], mode),
         "use_cache": False,
     }
-    if body is lm:
-        return lm(**kwargs, output_hidden_states=True).hidden_states[-1][0]
-    return body(**kwargs).last_hidden_state[0]
+    if mode == "varlen":
+        cu = packed["cu_seqlens"].to(device=device, dtype=torch.int32)
+        longest = int((cu[1:] - cu[:-1]).max())
+        kwargs.update(
+            cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest
+        )
+    with _attention_implementation(model, VARLEN_ATTENTION if mode == "varlen" else None):
+        if body is lm:
+            return lm(**kwargs, output_hidden_states=True).hidden_states[-1][0]
+        return body(**kwargs).last_hidden_state[0]
 
 
 def packed_rewards(
@@ -190,9 +297,12 @@ def packed_preference_logps(
 
 __all__ = [
     "ATTENTION_MODES",
+    "VARLEN_ATTENTION",
     "attention_mask_for",
     "packed_hidden_states",
     "packed_logps",
     "packed_preference_logps",
     "packed_rewards",
+    "supports_varlen",
+    "varlen_attention_forward",
 ]
