@@ -432,6 +432,25 @@ def build_reward_model(
     return _build(RewardModel, config, tokenizer, path, policy=False)
 
 
+def load_reward_model(config: RunConfig, path: str, what: str, *, frozen: bool = True) -> Any:
+    """A trained reward model from ``path`` (checkpoint, run directory or LM directory), its own
+    tokenizer, in eval mode and (``frozen``) without gradients; errors name ``what``."""
+    resolved = resolve_model_path(path, what)
+    tokenizer = None if is_oodpl_checkpoint(resolved) else build_tokenizer(config, source=path)
+    model = build_reward_model(config, tokenizer, path=path)
+    if frozen:
+        model.requires_grad_(False)
+    model.eval()
+    return model
+
+
+def load_policy(config: RunConfig, path: str, what: str) -> Any:
+    """A policy from ``path`` (checkpoint, run directory or LM directory) with its tokenizer."""
+    resolved = resolve_model_path(path, what)
+    tokenizer = None if is_oodpl_checkpoint(resolved) else build_tokenizer(config, source=path)
+    return build_policy(config, tokenizer, path=path)
+
+
 def build_policy(config: RunConfig, tokenizer: Any, *, path: str | None = None) -> Policy:
     """A :class:`Policy` from ``path`` (checkpoint, run dir, LM dir) or ``model.preset``."""
     from oodpl.models.policy import Policy
@@ -500,6 +519,8 @@ __all__ = [
     "count_steps",
     "global_batch_size",
     "is_oodpl_checkpoint",
+    "load_policy",
+    "load_reward_model",
     "lora_spec",
     "model_source",
     "require_deepspeed",
