@@ -238,6 +238,43 @@ def test_auto_mode_and_attention_implementation_restored(tokenizer):
         varlen_attention_forward(None, *(torch.zeros(2, 1, 3, 4),) * 3, None)
 
 
+def test_model_methods_and_trainer_loss_fns_accept_packed_batches(tokenizer):
+    """Switching a trainer to the packed path = swapping its collator for a packed one."""
+    from oodpl.models.trainers.dpo import DPOConfig, dpo_loss_fn
+    from oodpl.models.trainers.reward import bt_loss_fn
+
+    reward, policy = _models(tokenizer, "gemma-tiny", True)
+    records = _short_pairs()
+    padded = reward.preference_collator()(records)
+    packed = PackedPreferenceCollator(reward.preference_collator())(records)
+    with torch.no_grad():
+        for got in (
+            reward(packed),
+            reward.functional_rewards(reward.trainable_parameters(), packed),
+        ):
+            for want, value in zip(reward.preference_rewards(padded), got, strict=True):
+                assert (want - value).abs().max() <= TOL
+        loss_padded, _ = bt_loss_fn()(reward, padded)
+        loss_packed, _ = bt_loss_fn()(reward, packed)
+        assert abs(float(loss_padded - loss_packed)) <= TOL
+        for got in (
+            policy(packed),
+            policy.functional_sequence_logps(policy.trainable_parameters(), packed),
+        ):
+            for want, value in zip(policy.preference_logps(padded), got, strict=True):
+                assert (want - value).abs().max() <= TOL
+        for extra in (padded, packed):
+            extra["reference_chosen_logps"] = torch.full((len(records),), -20.0)
+            extra["reference_rejected_logps"] = torch.full((len(records),), -21.0)
+        packed = pack_pair_batch(padded)  # extra keys carried over
+        loss_fn = dpo_loss_fn(DPOConfig())
+        assert abs(float(loss_fn(policy, padded)[0] - loss_fn(policy, packed)[0])) <= TOL
+        reference_fn = dpo_loss_fn(DPOConfig(reference="model"), reference=policy)
+        strip = lambda b: {k: v for k, v in b.items() if not k.startswith("reference_")}  # noqa: E731
+        want = reference_fn(policy, strip(padded))[0]
+        assert abs(float(reference_fn(policy, strip(packed))[0] - want)) <= TOL
+
+
 # -- bad input ---------------------------------------------------------------------------------
 def test_bad_input_names_the_problem(tokenizer):
     reward = RewardModel.from_preset("t5-tiny", tokenizer)

@@ -39,6 +39,8 @@ from oodpl.models.backbone import (
 )
 from oodpl.models.collate import _pad, concat_pair_batch, is_pair_batch
 from oodpl.models.lora import LoraSpec, apply_lora
+from oodpl.models.packed_forward import packed_preference_logps
+from oodpl.models.packing import is_packed_batch
 from oodpl.models.presets import build_model
 from oodpl.models.tokenizer import resolve_pad_token_id
 
@@ -200,13 +202,16 @@ class Policy(TransformerWrapper):
     def preference_logps(
         self, pair_batch: Mapping[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(chosen_logps, chosen_n, rejected_logps, rejected_n)`` from one stacked forward."""
+        """``(chosen_logps, chosen_n, rejected_logps, rejected_n)`` from one stacked forward (or,
+        for a packed batch from :mod:`oodpl.models.packing`, over its padding-free row)."""
+        if is_packed_batch(pair_batch):
+            return packed_preference_logps(self, pair_batch)
         stacked, n_pairs = concat_pair_batch(pair_batch)
         logps, n_tokens = self.sequence_logps(stacked)
         return logps[:n_pairs], n_tokens[:n_pairs], logps[n_pairs:], n_tokens[n_pairs:]
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        if is_pair_batch(batch):
+        if is_pair_batch(batch) or is_packed_batch(batch):
             return self.preference_logps(batch)
         return self.sequence_logps(batch)
 

@@ -33,6 +33,8 @@ from oodpl.models.backbone import (
 )
 from oodpl.models.collate import concat_pair_batch, is_pair_batch
 from oodpl.models.lora import LoraSpec, apply_lora
+from oodpl.models.packed_forward import packed_rewards
+from oodpl.models.packing import is_packed_batch
 from oodpl.models.presets import build_model
 
 VALUE_HEAD = "value_head"
@@ -196,7 +198,10 @@ class RewardModel(TransformerWrapper):
     def preference_rewards(
         self, pair_batch: Mapping[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(r(x, y_w), r(x, y_l))`` from one forward over the stacked pair batch."""
+        """``(r(x, y_w), r(x, y_l))`` from one forward over the stacked pair batch (or, for a
+        packed batch from :mod:`oodpl.models.packing`, over its padding-free row)."""
+        if is_packed_batch(pair_batch):
+            return packed_rewards(self, pair_batch)
         stacked, n_pairs = concat_pair_batch(pair_batch)
         scores = self.rewards(stacked)
         return scores[:n_pairs], scores[n_pairs:]
@@ -204,7 +209,7 @@ class RewardModel(TransformerWrapper):
     def forward(
         self, batch: Mapping[str, torch.Tensor]
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        if is_pair_batch(batch):
+        if is_pair_batch(batch) or is_packed_batch(batch):
             return self.preference_rewards(batch)
         return self.rewards(batch)
 
