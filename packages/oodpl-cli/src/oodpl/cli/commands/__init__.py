@@ -59,4 +59,14 @@ COMMANDS: dict[str, CommandEntry] = {
         "report",
         "Rebuild report.md and report.html of a run directory.",
     ),
+    "train": CommandEntry(
+        "oodpl.cli.commands.train",
+        "train",
+        "Train sft, rm, dpo, hpl, ppo, meta, meta-test or rjs and evaluate it (one run dir).",
+    ),
+    "eval": CommandEntry(
+        "oodpl.cli.commands.eval",
+        "eval",
+        "Evaluate reward models, DPO policies or policies per domain (ID/OOD, calibration).",
+    ),
 }
