@@ -275,6 +275,29 @@ def test_model_methods_and_trainer_loss_fns_accept_packed_batches(tokenizer):
         assert abs(float(reference_fn(policy, strip(packed))[0] - want)) <= TOL
 
 
+def test_activation_checkpointing_gradients_packed_equal_padded(tokenizer):
+    """Under activation checkpointing the backward re-runs the layers: auto must not pick the
+    forward-only varlen swap, and gradients still match the padded path."""
+    reward = RewardModel.from_preset("pythia-tiny", tokenizer, seed=7)
+    _perturb(reward, 7)
+    reward.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    reward.train()
+    batch = reward.preference_collator()(_short_pairs())
+    packed = pack_pair_batch(batch)
+    assert attention_mask_for(reward.model, packed["cu_seqlens"]) is not None
+    with pytest.raises(ValueError, match="checkpointing"):
+        packed_rewards(reward, packed, attention="varlen")
+    params = reward.trainable_parameters()
+    want = torch.autograd.grad(
+        bradley_terry_loss(*reward.preference_rewards(batch)), list(params.values())
+    )
+    got = torch.autograd.grad(
+        bradley_terry_loss(*packed_rewards(reward, packed)), list(params.values())
+    )
+    for name, w, g in zip(params, want, got, strict=True):
+        assert (w - g).abs().max() <= TOL, name
+
+
 # -- bad input ---------------------------------------------------------------------------------
 def test_bad_input_names_the_problem(tokenizer):
     reward = RewardModel.from_preset("t5-tiny", tokenizer)

@@ -14,13 +14,15 @@ Attention must not cross sequence boundaries; ``attention`` chooses how:
   ``sdpa`` / ``flex_attention``, additive 0 / ``finfo.min`` for ``eager``), passed as a 4-D
   ``attention_mask`` that ``transformers`` uses as is. Exact on every backend that takes a mask
   (sliding windows and soft-capping included), but dense attention costs ``O(N²)``: slower than
-  padding on CPU for large batches (see the lead's report); kept as the reference / fallback.
+  padding on CPU for large batches; kept as the exact fallback.
 - ``"position_ids"``: no mask; position ids restarting at 0 let ``transformers`` 5.x detect the
   packing (``masking_utils.find_packed_sequence_indices``): it builds the block-diagonal mask itself
   for sdpa / eager / flex, and flash-attention 2/3 run varlen kernels from the boundaries (no
   ``N × N`` mask at all, the GPU path).
 - ``"auto"`` (default): ``"position_ids"`` for flash attention, else ``"varlen"`` when the model
-  has plain causal attention, else ``"block_diagonal"``.
+  has plain causal attention and no activation checkpointing is active (its backward re-runs
+  the layers outside this forward, where the swapped-in attention is gone), else
+  ``"block_diagonal"``.
 
 Rewards (METHODS §1): ``r(x, y) = w · h_last + b`` at the last token of each sequence
 (``cu_seqlens[s + 1] - 1``). Log-probs: ``Σ_{t ∈ response} log softmax(W h_{t-1})[y_t]`` over the
@@ -114,18 +116,37 @@ def supports_varlen(model: nn.Module) -> bool:
     return getattr(config, "model_type", "") not in ("bloom", "mpt", "falcon")
 
 
+def _checkpointing(model: nn.Module) -> bool:
+    """Whether a backward pass would re-run layers (activation checkpointing while training)."""
+    lm = unwrap(model)
+    return torch.is_grad_enabled() and any(
+        getattr(m, "gradient_checkpointing", False) and m.training for m in lm.modules()
+    )
+
+
 def _resolve(model: nn.Module, attention: str) -> str:
+    """The concrete mode for ``attention``. ``"varlen"`` swaps the attention implementation for
+    the forward only, so it is never used when activation checkpointing would re-run the layers
+    in the backward pass (they would then run the model's own attention without a mask)."""
     if attention not in ATTENTION_MODES:
         raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
     implementation = getattr(unwrap(model).config, "_attn_implementation", None) or "eager"
     if attention == "auto":
         if implementation in _FLASH:
             return "position_ids"
-        return "varlen" if supports_varlen(model) else "block_diagonal"
+        if supports_varlen(model) and not _checkpointing(model):
+            return "varlen"
+        return "block_diagonal"
     if attention == "varlen" and not supports_varlen(model):
         raise ValueError(
             f"attention='varlen' needs plain causal attention; {unwrap(model).config.model_type} "
             "has a sliding window / soft-capping / bias: use attention='block_diagonal'"
+        )
+    if attention == "varlen" and _checkpointing(model):
+        raise ValueError(
+            "attention='varlen' cannot run under activation checkpointing (the backward pass "
+            "re-runs the layers outside the packed forward): use attention='auto' or "
+            "'block_diagonal'"
         )
     return attention
 
