@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from oodpl.core.losses import bradley_terry_loss, dpo_loss
 from oodpl.core.records import Preference
@@ -86,6 +88,31 @@ def test_pack_sequences_drops_padding_and_restarts_positions(side):
     assert packed["cu_seqlens"].tolist() == [0, 3, 4, 9]
     assert packed["cu_seqlens"].dtype == torch.int32
     assert sequence_index(packed["cu_seqlens"]).tolist() == [0, 0, 0, 1, 2, 2, 2, 2, 2]
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 9), min_size=1, max_size=7),
+    extra=st.integers(0, 3),
+    side=st.sampled_from(["left", "right"]),
+)
+def test_pack_sequences_property(lengths, extra, side):
+    """Packing keeps every real token in row order, positions count 0..L-1, boundaries add up."""
+    width = max(lengths) + extra
+    ids = torch.full((len(lengths), width), -1, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    rows = []
+    for i, n in enumerate(lengths):
+        row = [100 * i + j for j in range(n)]
+        rows.append(row)
+        sl = slice(0, n) if side == "right" else slice(width - n, width)
+        ids[i, sl], mask[i, sl] = torch.tensor(row), 1
+    packed = pack_sequences(ids, mask, mask)
+    assert packed["packed_input_ids"][0].tolist() == [t for r in rows for t in r]
+    assert packed["packed_position_ids"][0].tolist() == [j for n in lengths for j in range(n)]
+    assert packed["cu_seqlens"].diff().tolist() == lengths
+    mask4d = block_diagonal_causal_mask(packed["cu_seqlens"])[0, 0]
+    assert int(mask4d.sum()) == sum(n * (n + 1) // 2 for n in lengths)
 
 
 def test_block_diagonal_mask_matches_brute_force():
