@@ -26,6 +26,11 @@ Rows:
   the policy module, ``DifferentiableSGD`` over θ, ``copy_initial_weights=False``; the reward
   model's live parameters are φ), then ``autograd.grad`` of ``L_out`` w.r.t. φ.
 
+Implicit methods (``neumann``, ``cg``) assume ``θ^K`` is the inner optimum; after a few steps of
+a transformer's inner problem it is not, and ``H`` is indefinite, so their gradients differ from
+the unrolled one (CG stops at negative curvature and says so; rows that warned are marked
+``(w)``; ``--damping`` adds ``λI``). Their cost is still what this table measures.
+
 Time: median wall-clock over ``--repeats`` calls after a K-independent warm-up (one call of the
 same method with K = 1). Ratio = meta-step time / time of K+1 plain steps. Peak memory: each
 (method, K) runs in a fresh subprocess; the increase during the first measured call over the
@@ -55,6 +60,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -202,7 +208,7 @@ def run_once(args, objective, theta0, phi, batches, query):
     else:
         options = dict(METHODS[args.method])
         if args.method in ("neumann", "cg"):
-            options["terms"] = args.terms
+            options.update(terms=args.terms, damping=args.damping)
         grad = hypergradient(
             objective.inner_loss,
             objective.outer_loss,
@@ -228,7 +234,8 @@ def worker(args) -> dict[str, float]:
         second_order_attention() if args.method in SECOND_ORDER else contextlib.nullcontext()
     )
     phi_init = {k: v.detach().clone() for k, v in phi.items()}
-    with attention:
+    with attention, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
         run_once(args, objective, theta0, phi, warm_batches, query)  # K-independent warm-up
         gc.collect()
         times, grad = [], None
@@ -248,6 +255,9 @@ def worker(args) -> dict[str, float]:
             del out
             gc.collect()
     result = {"seconds": statistics.median(times), "peak_mib": peak}
+    flagged = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    if flagged:
+        result["warning"] = flagged[0][:160]
     if grad is not None:
         result["grad_norm"] = math.sqrt(sum(float(g.double().pow(2).sum()) for g in grad.values()))
     result["n_theta"] = sum(v.numel() for v in theta0.values())
@@ -268,6 +278,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.1, help="inner step size α")
     parser.add_argument("--outer-lr", type=float, default=1e-3)
     parser.add_argument("--terms", type=int, default=8, help="Neumann terms / CG iterations")
+    parser.add_argument("--damping", type=float, default=0.0, help="neumann/cg: H + damping*I")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls (median)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
@@ -288,7 +299,8 @@ def main() -> None:
     print(
         f"preset {args.preset} (policy + reward model, LoRA r=8), batch {args.batch} x "
         f"({args.prompt_len} + {args.response_len} + eos) tokens, α={args.lr}, "
-        f"terms={args.terms}, {args.repeats} timed repeat(s), threads={args.threads}\n"
+        f"terms={args.terms}, damping={args.damping}, {args.repeats} timed repeat(s), "
+        f"threads={args.threads}\n"
     )
     forwarded = [
         "device",
@@ -300,6 +312,7 @@ def main() -> None:
         "lr",
         "outer_lr",
         "terms",
+        "damping",
         "repeats",
         "threads",
         "seed",
@@ -323,6 +336,7 @@ def main() -> None:
     print(f"time (s, median) / ratio to K+1 plain LoRA steps / {memory_label(args.device)} (MiB)\n")
     header = ["method", *(f"K={k}" for k in args.ks)]
     rows = []
+    flagged: dict[str, str] = {}
     for method in ("plain", *args.methods):
         cells = [f"plain {'K+1'} steps" if method == "plain" else method]
         for k in args.ks:
@@ -336,9 +350,14 @@ def main() -> None:
                 if method == "plain" or "error" in base
                 else (f" / {row['seconds'] / base['seconds']:.1f}x")
             )
-            cells.append(f"{row['seconds']:.3f} s{ratio} / {row['peak_mib']:.1f}")
+            mark = " (w)" if "warning" in row else ""
+            cells.append(f"{row['seconds']:.3f} s{ratio} / {row['peak_mib']:.1f}{mark}")
+            if mark:
+                flagged[method] = row["warning"]
         rows.append(cells)
     print(markdown_table(header, rows))
+    for method, message in flagged.items():
+        print(f"(w) {method}: {message}")
     norms = {}
     for method in args.methods:
         norms[method] = {

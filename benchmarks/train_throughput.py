@@ -366,7 +366,7 @@ def main() -> None:
             )
     for result in results:
         if result.trainable and not result.error:
-            result.note = f"{result.trainable / 1e6:.2f}M trainable"
+            result.note = f"{result.trainable:,} trainable params"
     print(f"peak memory: {memory_label(spec.device)} from before model build\n")
     print(markdown_table(RESULT_HEADER, [r.row() for r in results]))
 

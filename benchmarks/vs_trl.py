@@ -6,9 +6,10 @@ exact token lengths (``_common.word_tokenizer``: one word = one token, so oodpl'
 TRL's tokenisation give identical sequences: prompt ⊕ response ⊕ eos), the same batch, precision
 and optimiser settings:
 
-* AdamW (oodpl: ``torch.optim.AdamW``; TRL: its default ``optim``, ``adamw_torch_fused`` with
-  torch >= 2.8 — same update rule, fused kernel), lr ``--lr``, no weight decay, constant schedule,
-  no warm-up, gradient-norm clip 1.0, no gradient accumulation;
+* AdamW (oodpl's engine: ``torch.optim.AdamW``, foreach implementation; TRL: its default
+  ``optim``, ``adamw_torch_fused`` with torch >= 2.8 — same update rule, one fused kernel;
+  ``--trl-optim adamw_torch`` gives TRL oodpl's foreach implementation), lr ``--lr``, no weight
+  decay, constant schedule, no warm-up, gradient-norm clip 1.0, no gradient accumulation;
 * gradient checkpointing off for both (TRL's configs default it to on), no evaluation, no saving,
   TRL ``logging_strategy="no"``, ``report_to="none"``, no progress bar, dataloader in-process;
 * TRL ``max_length=None`` (no filtering or truncation), default loss ``sigmoid`` with β ``--beta``;
@@ -133,8 +134,13 @@ def trl_dataset(records, *, with_length: bool = False):
     return Dataset.from_list(rows)
 
 
+TRL_OPTIM: str | None = None  # --trl-optim: None keeps TRL's default (adamw_torch_fused)
+
+
 def trl_common_args(spec: RunSpec, output_dir: str, group_by_length: bool) -> dict[str, Any]:
+    extra = {"optim": TRL_OPTIM} if TRL_OPTIM else {}
     return {
+        **extra,
         "output_dir": output_dir,
         "per_device_train_batch_size": spec.batch,
         "gradient_accumulation_steps": 1,
@@ -364,8 +370,15 @@ def main() -> None:
     )
     parser.add_argument("--trainer", choices=("rm", "dpo", "both"), default="both")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats (median)")
+    parser.add_argument(
+        "--trl-optim",
+        default=None,
+        help="TRL optim (default: TRL's, adamw_torch_fused; adamw_torch = foreach AdamW as oodpl)",
+    )
     parser.add_argument("--quick", action="store_true", help="3 steps, short sequences")
     args = parser.parse_args()
+    global TRL_OPTIM
+    TRL_OPTIM = args.trl_optim
     if args.quick:
         args.steps = 3
         args.prompt_len, args.response_len = min(args.prompt_len, 32), min(args.response_len, 31)
@@ -376,7 +389,11 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     spec = spec_from_args(args)
     print(hardware_line(spec.device))
-    print(f"TRL {trl.__version__}; {spec.steps} warm-up + {spec.steps} measured steps per run\n")
+    optim = args.trl_optim or "default (adamw_torch_fused)"
+    print(
+        f"TRL {trl.__version__} (optim {optim}); {spec.steps} warm-up + {spec.steps} measured "
+        "steps per run\n"
+    )
     header = ["case", *RESULT_HEADER[:6], "oodpl/TRL pairs/s", "oodpl/TRL memory", "notes"]
     rows: list[list[str]] = []
     for case in args.cases:
