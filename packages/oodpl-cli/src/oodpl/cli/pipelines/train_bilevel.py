@@ -6,9 +6,10 @@ METHODS §3).
   ``θ_init`` (``train.init_from``, the SFT run, or a preset) takes ``K = train.meta.inner_steps``
   SGD steps of the reward-weighted regression loss on the domain's fine-tuning completions, and
   ``φ`` follows the hypergradient of the adapted policy's outer loss on the domain's training
-  preferences. Evaluated before and after: the adapted policies' outer loss ``L_out`` and PL
-  accuracy on the training domains' *evaluation* pairs (the trainer's held-out evaluation), and
-  the reward model's own preference accuracy per domain. Torch backend only, not resumable.
+  preferences. Evaluated before and after: the meta-objective itself, ``mean_i L_out^i(θ_i^K(φ))``
+  with PL accuracy, over each training domain's whole preference set on fixed support batches
+  (the trainer's ``held_out`` evaluation, given the query sets), and the reward model's own
+  preference accuracy on every domain's evaluation pairs. Torch backend only, not resumable.
 - meta-test: the frozen ``φ*`` (``train.meta.reward_model``) weights the held-out domain's
   fine-tuning completions and the policy is trained by reward-weighted regression, keeping the
   step with the lowest selection loss (:func:`oodpl.models.trainers.meta_test.train_meta_test`).
@@ -75,7 +76,7 @@ def run_meta(ctx: RunContext) -> Any:
     cfg, data = ctx.config, ctx.data
     if ctx.processes > 1:
         raise BadInputError("kind meta runs in one process (its trainer is not distributed)")
-    for part in ("fine_tuning", "preference_train", "eval_preference"):
+    for part in ("fine_tuning", "preference_train"):
         data.require(part, purpose="kind meta")
     tokenizer = B.build_tokenizer(cfg, data)
     reward_model = B.build_reward_model(cfg, tokenizer, path=cfg.model.path)
@@ -96,8 +97,7 @@ def run_meta(ctx: RunContext) -> Any:
     domains = {
         d: MetaDomain(data.fine_tuning[d], data.preference_train[d]) for d in data.train_domains
     }
-    capped = data.capped(cfg.eval.max_examples)
-    held_out = {d: capped.eval_preference[d] for d in data.train_domains}
+    objective_sets = {d: data.preference_train[d] for d in data.train_domains}
     steps = B.count_steps(cfg, max(len(d.preferences) for d in domains.values()), processes=1)
 
     def on_step(record: dict[str, Any]) -> None:
@@ -115,7 +115,7 @@ def run_meta(ctx: RunContext) -> Any:
             policy,
             domains,
             meta_train_config(ctx, steps),
-            held_out=held_out,
+            held_out=objective_sets,
             callback=on_step,
         )
     for entry in result.held_out:
@@ -132,7 +132,7 @@ def run_meta(ctx: RunContext) -> Any:
         log_evaluation(run, steps, after)
     rows = []
     for entry, label in ((result.held_out[0], "before"), (result.held_out[-1], "after")):
-        note = f"{label}: policies adapted with r_φ, on the training domains' evaluation pairs"
+        note = f"{label}: meta-objective, policies adapted with r_φ, on the query sets"
         rows.append(SummaryRow("outer_loss/id", entry["outer_loss"], note=note))
         rows.append(SummaryRow("pl_accuracy/id", entry["pl_accuracy"], note=note))
     return Outcome([before, after], summary=rows)
