@@ -345,6 +345,27 @@ def lora_spec(lora: LoraConfig, *, policy: bool) -> LoraSpec | None:
     )
 
 
+def model_paths(config: RunConfig) -> dict[str, str]:
+    """``{config key: path}`` of every model path a run config names."""
+    paths = {
+        "model.path": config.model.path,
+        "train.init_from": config.train.init_from,
+        f"train.{config.kind}.reward_model": model_source(config, "reward_model")
+        if config.kind in ("ppo", "rjs")
+        else None,
+        "train.meta.reward_model": config.train.meta.reward_model
+        if config.kind == "meta-test"
+        else None,
+    }
+    return {key: path for key, path in paths.items() if path}
+
+
+def check_model_paths(config: RunConfig) -> None:
+    """:class:`PathNotFoundError` naming the key of the first model path that does not exist."""
+    for key, path in model_paths(config).items():
+        resolve_model_path(path, key)
+
+
 def model_source(config: RunConfig, role: str) -> str | None:
     """Where the ``role`` ("policy" or "reward_model") of a run comes from; ``None`` = preset.
 
@@ -364,7 +385,13 @@ def model_source(config: RunConfig, role: str) -> str | None:
     raise ValueError(f"role must be 'policy' or 'reward_model', got {role!r}")
 
 
-def build_tokenizer(config: RunConfig, data: RunData | None = None, *, source: str | None = None):
+def build_tokenizer(
+    config: RunConfig,
+    data: RunData | None = None,
+    *,
+    source: str | None = None,
+    what: str = "model.path",
+):
     """The tokenizer of a run: ``source``'s own, or a BPE tokenizer trained on ``data``'s texts.
 
     ``source`` defaults to ``model.path``; with no source the model is a preset and ``data`` is
@@ -374,7 +401,7 @@ def build_tokenizer(config: RunConfig, data: RunData | None = None, *, source: s
     if source is not None:
         from oodpl.models.loading import load_tokenizer
 
-        path = resolve_model_path(source)
+        path = resolve_model_path(source, what)
         with user_errors(f"tokenizer of {path}"):
             return load_tokenizer(path, trust_remote_code=config.model.trust_remote_code)
     if data is None:
@@ -436,7 +463,9 @@ def load_reward_model(config: RunConfig, path: str, what: str, *, frozen: bool =
     """A trained reward model from ``path`` (checkpoint, run directory or LM directory), its own
     tokenizer, in eval mode and (``frozen``) without gradients; errors name ``what``."""
     resolved = resolve_model_path(path, what)
-    tokenizer = None if is_oodpl_checkpoint(resolved) else build_tokenizer(config, source=path)
+    tokenizer = (
+        None if is_oodpl_checkpoint(resolved) else build_tokenizer(config, source=path, what=what)
+    )
     model = build_reward_model(config, tokenizer, path=path)
     if frozen:
         model.requires_grad_(False)
@@ -447,7 +476,9 @@ def load_reward_model(config: RunConfig, path: str, what: str, *, frozen: bool =
 def load_policy(config: RunConfig, path: str, what: str) -> Any:
     """A policy from ``path`` (checkpoint, run directory or LM directory) with its tokenizer."""
     resolved = resolve_model_path(path, what)
-    tokenizer = None if is_oodpl_checkpoint(resolved) else build_tokenizer(config, source=path)
+    tokenizer = (
+        None if is_oodpl_checkpoint(resolved) else build_tokenizer(config, source=path, what=what)
+    )
     return build_policy(config, tokenizer, path=path)
 
 
@@ -516,12 +547,14 @@ __all__ = [
     "build_policy",
     "build_reward_model",
     "build_tokenizer",
+    "check_model_paths",
     "count_steps",
     "global_batch_size",
     "is_oodpl_checkpoint",
     "load_policy",
     "load_reward_model",
     "lora_spec",
+    "model_paths",
     "model_source",
     "require_deepspeed",
     "resolve_model_path",

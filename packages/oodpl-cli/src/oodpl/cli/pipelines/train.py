@@ -82,7 +82,8 @@ def _engine(cfg: RunConfig, steps: int, **changes: Any):
 
 def _policy_and_tokenizer(ctx: RunContext) -> tuple[Any, Any, Callable[[], Any]]:
     cfg, source = ctx.config, B.model_source(ctx.config, "policy")
-    tokenizer = B.build_tokenizer(cfg, ctx.data, source=source)
+    what = "train.init_from" if cfg.train.init_from else "model.path"
+    tokenizer = B.build_tokenizer(cfg, ctx.data, source=source, what=what)
 
     def rebuild() -> Any:
         return B.build_policy(cfg, tokenizer, path=source)
@@ -286,6 +287,7 @@ def check_run_config(config: RunConfig, *, resume: bool) -> None:
             "start it again"
         )
     B.require_deepspeed(config)
+    B.check_model_paths(config)
 
 
 def write_outcome(ctx: RunContext, outcome: Outcome) -> None:
