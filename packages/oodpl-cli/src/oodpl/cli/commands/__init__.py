@@ -46,8 +46,14 @@ COMMANDS: dict[str, CommandEntry] = {
     "data": CommandEntry(
         "oodpl.cli.commands.data",
         "data",
-        "List the available data sources.",
+        "List data sources, inspect one, preview a split protocol.",
         available=lambda: _module_exists("oodpl.data.registry"),
+    ),
+    "label": CommandEntry(
+        "oodpl.cli.commands.label",
+        "label",
+        "LLM labelling: CSG pairs, win-rate judging (cached, resumable).",
+        available=lambda: _module_exists("oodpl.data.labelling"),
     ),
     "env": CommandEntry(
         "oodpl.cli.commands.env",
