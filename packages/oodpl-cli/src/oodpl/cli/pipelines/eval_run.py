@@ -69,14 +69,28 @@ def run_config_of(resolved: Path) -> RunConfig | None:
     return None
 
 
-def model_specs(paths: Sequence[str]) -> list[ModelSpec]:
-    """Resolve ``paths`` (checked to exist) with unique labels."""
+def check_kind(target: str, resolved: Path, path: str) -> None:
+    """An oodpl checkpoint must hold the model kind ``target`` evaluates."""
+    if not B.is_oodpl_checkpoint(resolved):
+        return
+    kind = json.loads((resolved / B.CHECKPOINT_CONFIG).read_text()).get("kind")
+    wanted = "reward_model" if target == "rm" else "policy"
+    if kind != wanted:
+        other = "rm" if kind == "reward_model" else "policy"
+        raise BadInputError(
+            f"model {path} holds a {kind}, not a {wanted}: use 'oodpl eval {other}'"
+        )
+
+
+def model_specs(paths: Sequence[str], target: str = "rm") -> list[ModelSpec]:
+    """Resolve ``paths`` (checked to exist and to hold ``target``'s kind) with unique labels."""
     if not paths:
         raise BadInputError("name at least one model (checkpoint or run directory) to evaluate")
     specs: list[ModelSpec] = []
     seen: dict[str, int] = {}
     for path in paths:
         resolved = B.resolve_model_path(path, "model")
+        check_kind(target, resolved, path)
         config = run_config_of(resolved)
         label = config.name if config is not None and config.name else resolved.name
         seen[label] = seen.get(label, 0) + 1
@@ -122,7 +136,8 @@ def _domains_for(spec: ModelSpec, data: B.RunData) -> B.RunData:
     )
 
 
-def _reference_path(spec: ModelSpec, options: EvalOptions) -> str:
+def reference_path(spec: ModelSpec, options: EvalOptions) -> str:
+    """The DPO reference of ``spec``: ``--reference`` or the one its run recorded."""
     if options.reference is not None:
         return options.reference
     record = spec.resolved.parent / "reference.json"
@@ -146,12 +161,14 @@ def evaluate_model(
             model, data, config.eval, label=spec.label, batch_size=batch
         )
         return evaluation, None
+    reference_source = reference_path(spec, options) if target == "dpo" else None
     policy = B.load_policy(config, spec.path, "model")
     policy.eval()
     if target == "policy":
         evaluation = evaluate_policy(policy, data, config.eval, label=spec.label, batch_size=batch)
         return evaluation, policy
-    reference = B.load_policy(config, _reference_path(spec, options), "--reference")
+    assert reference_source is not None
+    reference = B.load_policy(config, reference_source, "--reference")
     beta = options.beta
     if beta is None:
         beta = (spec.run_config or config).train.dpo.beta
@@ -196,7 +213,10 @@ def run_evaluation(
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     if options.generate and target == "rm":
         raise BadInputError("--generate samples from a policy: use 'oodpl eval policy' or 'dpo'")
-    specs = model_specs(paths)
+    specs = model_specs(paths, target)
+    if target == "dpo":
+        for spec in specs:  # fail on a missing reference before anything is loaded
+            B.resolve_model_path(reference_path(spec, options), "--reference")
     config = resolve_eval_config(target, config_file, overrides, specs)
     if run_dir is not None:
         config = dataclasses.replace(config, output_dir=str(run_dir.parent), name=run_dir.name)
