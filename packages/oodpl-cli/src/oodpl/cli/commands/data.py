@@ -329,16 +329,10 @@ def _inspect_tables(source, results, per_domain, missing, examples):
 
 
 # -------------------------------------------------------------------------------- split
-PROTOCOLS = {
-    "lodo": "leave one domain out (METHODS §3, CSG domains)",
-    "leave-one-domain-out": "same as lodo",
-    "shp-groups": "SHP's 18 subreddits in six groups of three, one held out (METHODS §3)",
-    "shp-group-folds": "same as shp-groups",
-    "dporm": "all five EXRM-vs-DPORM settings (METHODS §4)",
-    "dporm-settings": "same as dporm",
-    **{f"dporm-{s}": f"DPORM setting {s}" for s in ("I(a)", "I(b)", "I(c)", "II(a)", "II(b)")},
-    "per-domain": "per-domain fine-tuning / preference / eval parts (METHODS §3 sizes)",
-}
+#: lodo/shp-groups/dporm are short names of the config's protocol names (METHODS §3, §4).
+PROTOCOLS = ("lodo", "leave-one-domain-out", "shp-groups", "shp-group-folds", "dporm",
+             "dporm-settings", *(f"dporm-{s}" for s in ("I(a)", "I(b)", "I(c)", "II(a)", "II(b)")),
+             "per-domain")  # fmt: skip
 
 
 def _shortfall(shortfall: dict[str, int]) -> str:
@@ -365,9 +359,7 @@ def protocol_folds(protocol: str, records: Sequence[Any], domains, id_test_fract
 @data.command("split")
 @click.argument("source")
 @path_option
-@click.option(
-    "--protocol", required=True, type=click.Choice(list(PROTOCOLS)), help="Split protocol."
-)
+@click.option("--protocol", required=True, type=click.Choice(PROTOCOLS), help="Split protocol.")
 @click.option(
     "--held-out", "held_out_values", multiple=True, metavar="NAMES",
     help="Only the folds that hold out these domains (comma-separated or repeated).",
