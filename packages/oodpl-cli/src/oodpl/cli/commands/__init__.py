@@ -68,11 +68,11 @@ COMMANDS: dict[str, CommandEntry] = {
     "train": CommandEntry(
         "oodpl.cli.commands.train",
         "train",
-        "Train sft, rm, dpo, hpl, ppo, meta, meta-test or rjs and evaluate it (one run dir).",
+        "Train sft/rm/dpo/hpl/ppo/meta/meta-test/rjs; evaluate; report.",
     ),
     "eval": CommandEntry(
         "oodpl.cli.commands.eval",
         "eval",
-        "Evaluate reward models, DPO policies or policies per domain (ID/OOD, calibration).",
+        "Evaluate RMs and policies per domain (ID/OOD matrix, ECE).",
     ),
 }
