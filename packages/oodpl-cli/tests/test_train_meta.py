@@ -41,6 +41,12 @@ def invoke(kind: str, run_dir: Path, *extra: str) -> None:
     args = ["train", kind, "--config", str(CONFIGS / f"{kind}.yaml"), "--run-dir", str(run_dir)]
     result = CliRunner().invoke(oodpl, [*args, *TINY, *extra], prog_name="oodpl")
     assert result.exit_code == 0, result.output
+    assert "without a documented meaning" not in result.output  # every metric is explained
+
+
+def check_files(run_dir: Path) -> None:
+    for name in ("config.yaml", "env.json", "metrics.jsonl", "report.md", "report.html"):
+        assert (run_dir / name).is_file(), name
 
 
 def summary(run_dir: Path) -> dict[tuple[str, str], float]:
@@ -51,6 +57,7 @@ def summary(run_dir: Path) -> dict[tuple[str, str], float]:
 def test_meta_lowers_the_meta_objective_and_meta_test_adapts(tmp_path: Path) -> None:
     meta = tmp_path / "meta"
     invoke("meta", meta, "--set", "train.max_steps=4")
+    check_files(meta)
     records = read_metrics(meta / "metrics.jsonl")
     outer = [r for r in records if r.get("phase") == "eval" and "outer_loss" in r]
     assert [r["step"] for r in outer] == [0, 4]
@@ -67,6 +74,7 @@ def test_meta_lowers_the_meta_objective_and_meta_test_adapts(tmp_path: Path) -> 
     test = tmp_path / "meta-test"
     invoke("meta-test", test, "--set", f"train.meta.reward_model={meta}",
            "--set", "train.max_steps=8", "--set", "train.eval_every=4")  # fmt: skip
+    check_files(test)
     values = summary(test)
     start = values[("selection_loss", "step 0")]
     best = next(v for (m, note), v in values.items() if m == "selection_loss" and "best" in note)

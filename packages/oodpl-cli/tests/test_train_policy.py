@@ -42,6 +42,7 @@ def train(kind: str, run_dir: Path, *extra: str) -> dict:
     args = ["train", kind, "--config", str(CONFIGS / f"{kind}.yaml"), "--run-dir", str(run_dir)]
     result = CliRunner().invoke(oodpl, [*args, *TINY, *extra], prog_name="oodpl")
     assert result.exit_code == 0, result.output
+    assert "without a documented meaning" not in result.output  # every metric is explained
     assert f"run directory: {run_dir}" in result.output
     check_run_directory(run_dir, kind)
     out = {}

@@ -42,6 +42,7 @@ def invoke(kind: str, run_dir: Path, *extra: str) -> None:
     args = ["train", kind, "--config", str(CONFIGS / f"{kind}.yaml"), "--run-dir", str(run_dir)]
     result = CliRunner().invoke(oodpl, [*args, *TINY, *extra], prog_name="oodpl")
     assert result.exit_code == 0, result.output
+    assert "without a documented meaning" not in result.output  # every metric is explained
 
 
 def summary(run_dir: Path) -> dict[tuple[str, str], float]:
@@ -101,6 +102,9 @@ def test_alignment_raises_the_mean_reward_of_samples(
     before, after = values[("mean_reward/id", "before")], values[("mean_reward/id", "after")]
     print(f"\n{kind} mean RM reward of samples (ID prompts): {before:.3f} -> {after:.3f}")
     assert after > before
+    for name in ("config.yaml", "env.json", "metrics.jsonl", "report.md", "report.html"):
+        assert (run_dir / name).is_file(), name
     assert (run_dir / "results" / "generation.json").is_file()
     assert (run_dir / "checkpoints" / "final" / "oodpl_config.json").is_file()
+    assert "mean_reward/id" in read_metrics(run_dir / "metrics.jsonl")[-1]
     assert "mean_gold/id" in {metric for metric, _ in values}

@@ -115,8 +115,15 @@ def _print_summary(path: Path, outcome: object) -> None:
                 evaluation.mean(metric, "ood"),
             ]
         )
+    merged: dict[tuple[str, str], list] = {}
     for row in getattr(outcome, "summary", []):
-        rows.append([row.note.split(":")[0], row.metric, row.value, None])
+        metric, _, group = row.metric.partition("/")
+        if group not in ("id", "ood"):
+            metric, group = row.metric, "id"
+        key = (row.note.split(":")[0], metric)
+        cells = merged.setdefault(key, [None, None])
+        cells[0 if group == "id" else 1] = row.value
+    rows.extend([label, metric, *cells] for (label, metric), cells in merged.items())
     if rows:
         print_table(summary_table(f"run {path.name}", ["model", "metric", "ID", "OOD"], rows))
     click.echo(f"run directory: {path}")

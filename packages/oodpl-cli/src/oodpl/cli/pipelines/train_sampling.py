@@ -70,14 +70,15 @@ def _outcome(ctx: RunContext, before: dict, after: dict, steps: int) -> Any:
 
     rows = []
     for label, scores in (("before", before), ("after", after)):
+        logged = {}
         for name, by_domain in scores.items():
             for group in ("id", "ood"):
                 value = _group_mean(ctx, by_domain, group)
                 if value is not None:
                     rows.append(SummaryRow(f"{name}/{group}", value, note=label))
-                    if ctx.run is not None:
-                        step = 0 if label == "before" else steps
-                        ctx.run.log_metrics(step, {f"{name}/{group}": value}, phase="eval")
+                    logged[f"{name}/{group}"] = value
+        if ctx.run is not None and logged:
+            ctx.run.log_metrics(0 if label == "before" else steps, logged, phase="eval")
     metric = "mean_gold" if "mean_gold" in after else "mean_reward"
     generation = {label: scores[metric] for label, scores in (("before", before), ("after", after))}
     scorer = "gold reward" if metric == "mean_gold" else "reward model"
