@@ -102,3 +102,30 @@ def test_trim_metrics_keeps_each_step_once(tmp_path: Path) -> None:
         ("train", s) for s in range(1, 5)
     ]
     assert json.loads(run.metrics_path.read_text().splitlines()[-1])["loss"] == 0.25
+
+
+def test_registry_source_is_split_per_domain_by_prompt(tmp_path: Path) -> None:
+    path = tmp_path / "prefs.jsonl"
+    rows = [
+        {"prompt": f"{domain} question {i}", "chosen": f"good {i}", "rejected": f"bad {i}",
+         "domain": domain}
+        for domain in ("alpha", "beta") for i in range(12)
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = load_config(
+        None,
+        [
+            "kind=rm", "data.source=trl", f"data.path={path}", "data.held_out=beta",
+            "data.sizes.fine_tuning=2", "data.sizes.preference_train=6",
+            "data.sizes.eval_reference=2", "data.sizes.eval_preference=3",
+        ],
+    )  # fmt: skip
+    data = B.build_data(config)
+    assert (data.train_domains, data.test_domains, data.gold) == (("alpha",), ("beta",), None)
+    counts = data.counts()
+    assert counts["preference_train"] == {"alpha": 6, "beta": 6}
+    assert counts["eval_preference"] == {"alpha": 3, "beta": 3}
+    train = {r.prompt for r in data.records("preference_train", ("alpha", "beta"))}
+    held = {r.prompt for part in ("eval_preference", "eval_reference") for r in
+            data.records(part, ("alpha", "beta"))}  # fmt: skip
+    assert not train & held
