@@ -84,16 +84,18 @@ def varlen_attention_forward(
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
     bounds = [int(b) for b in cu.tolist()]
+    lengths = [end - start for start, end in itertools.pairwise(bounds)]
+    # split (one cat in backward), not slicing (a full-size zero gradient per segment)
     outputs = [
         F.scaled_dot_product_attention(
-            query[:, :, start:end],
-            key[:, :, start:end],
-            value[:, :, start:end],
-            dropout_p=dropout,
-            is_causal=end - start > 1,
-            scale=scaling,
+            q, k, v, dropout_p=dropout, is_causal=q.shape[2] > 1, scale=scaling
         )
-        for start, end in itertools.pairwise(bounds)
+        for q, k, v in zip(
+            query.split(lengths, dim=2),
+            key.split(lengths, dim=2),
+            value.split(lengths, dim=2),
+            strict=True,
+        )
     ]
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 
