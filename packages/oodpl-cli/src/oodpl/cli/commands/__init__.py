@@ -65,6 +65,21 @@ COMMANDS: dict[str, CommandEntry] = {
         "report",
         "Rebuild report.md and report.html of a run directory.",
     ),
+    "quickstart": CommandEntry(
+        "oodpl.cli.commands.quickstart",
+        "quickstart",
+        "Run the three papers' core experiments on the synthetic benchmark (CPU) + report.",
+    ),
+    "study": CommandEntry(
+        "oodpl.cli.commands.study",
+        "study",
+        "Multi-seed studies: 'study dporm' (EXRM vs DPORM in and out of distribution).",
+    ),
+    "iterate": CommandEntry(
+        "oodpl.cli.commands.iterate",
+        "iterate",
+        "Iterative DPO labelled by an EXRM or DPORM reward; gold reward per iteration.",
+    ),
     "train": CommandEntry(
         "oodpl.cli.commands.train",
         "train",

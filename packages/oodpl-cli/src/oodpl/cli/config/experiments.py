@@ -91,6 +91,9 @@ class IterateConfig(StageSchedule):
     iteration_dpo_steps: int = field(
         default=60, metadata=doc("DPO steps of each iteration's policy π_t", ge=1)
     )
+    eval_prompts: int = field(
+        default=32, metadata=doc("evaluation prompts per domain scored by the gold reward", ge=1)
+    )
 
     def problems(self) -> Problems:
         if not self.labellers:
