@@ -52,6 +52,8 @@ def test_env_json_never_holds_credential_values(tmp_path: Path, monkeypatch) -> 
     monkeypatch.setenv("OPENAI_API_KEY", secret)
     monkeypatch.setenv("HF_TOKEN", "hf_secret_token_value")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)  # set by the repository conftest
     config = config_from_dict({"kind": "sft", "name": "s", "output_dir": str(tmp_path)})
     command = ["oodpl", "label", "--api-key", secret, f"--token={secret}", f"x{secret}y"]
     run = RunDir.start(config, command=command)

@@ -22,6 +22,7 @@ EXPECTED = {
     "chatbot-arena",
     "nectar",
     "trl",
+    "synthetic",
 }
 
 

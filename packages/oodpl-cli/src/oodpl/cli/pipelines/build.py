@@ -282,9 +282,12 @@ def require_deepspeed(config: RunConfig) -> None:
     """One-line :class:`BadInputError` when ``engine.backend: deepspeed`` but it is missing."""
     if config.engine.backend != "deepspeed":
         return
+    from oodpl.models.engine.deepspeed_engine import DeepSpeedUnavailableError
+    from oodpl.models.engine.deepspeed_engine import require_deepspeed as import_deepspeed
+
     try:
-        import deepspeed  # noqa: F401
-    except ImportError as exc:
+        import_deepspeed()
+    except DeepSpeedUnavailableError as exc:
         raise BadInputError(
             "DeepSpeed is not installed, but the run asks for it (--deepspeed / "
             f"engine.backend: deepspeed): pip install 'oodpl-models[deepspeed]' ({exc})"
