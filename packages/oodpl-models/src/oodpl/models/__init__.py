@@ -21,14 +21,19 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _SUBMODULES = (
+    "bucketing",
     "checkpoint",
     "collate",
     "engine",
     "errors",
     "loading",
+    "logps",
     "lora",
+    "packed_forward",
+    "packing",
     "policy",
     "presets",
+    "ref_cache",
     "reward_model",
     "tokenizer",
     "trainers",
