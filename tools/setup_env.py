@@ -78,13 +78,25 @@ def install_torch(python: Path) -> None:
         run([*pip, spec])
         return
     log("no GPU found: installing a CPU build of torch")
-    if run([*pip, "--no-index", "--only-binary=:all:", spec], check=False) == 0:
-        return
+    # 1. A torch wheel from pip's local find-links (nothing downloaded), then its dependencies.
+    local = [*pip, "--no-index", "--no-deps", "--only-binary=:all:", spec]
+    if run(local, check=False) == 0:
+        version = installed_torch_version(python)
+        if version and run([*pip, f"torch=={version}"], check=False) == 0:
+            return
+    # 2. PyTorch's CPU index on Linux (PyPI's Linux torch is the CUDA build); fail fast offline.
     if platform.system() == "Linux":
         extra = ["--index-url", CPU_INDEX, "--extra-index-url", "https://pypi.org/simple"]
-        if run([*pip, spec, *extra], check=False) == 0:
+        if run([*pip, "--retries", "1", "--timeout", "20", spec, *extra], check=False) == 0:
             return
+    # 3. PyPI (already the CPU build on macOS and Windows).
     run([*pip, spec])
+
+
+def installed_torch_version(python: Path) -> str | None:
+    probe = "import importlib.metadata as m; print(m.version('torch'))"
+    result = subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else None
 
 
 def install_packages(python: Path, dev: bool) -> None:
@@ -120,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev", action="store_true", help="also install test and lint tools")
     parser.add_argument("--venv", default=str(ROOT / ".venv"), help="venv directory (.venv)")
     args = parser.parse_args(argv)
-    if sys.version_info < (3, 10):
+    if sys.version_info < (3, 10):  # noqa: UP036 - this script runs before anything is installed
         sys.exit(f"oodpl needs Python 3.10 or newer; this is {platform.python_version()}")
     venv_dir = Path(args.venv)
     python = venv_python(venv_dir)
