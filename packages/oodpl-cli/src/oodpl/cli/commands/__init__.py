@@ -58,7 +58,7 @@ COMMANDS: dict[str, CommandEntry] = {
     "env": CommandEntry(
         "oodpl.cli.commands.env",
         "env",
-        "Print versions and device information (paste it into bug reports).",
+        "Print versions and device information (for bug reports).",
     ),
     "report": CommandEntry(
         "oodpl.cli.commands.report",
@@ -68,17 +68,17 @@ COMMANDS: dict[str, CommandEntry] = {
     "quickstart": CommandEntry(
         "oodpl.cli.commands.quickstart",
         "quickstart",
-        "Run the three papers' core experiments on the synthetic benchmark (CPU) + report.",
+        "The three papers' core experiments, offline on CPU, with a report.",
     ),
     "study": CommandEntry(
         "oodpl.cli.commands.study",
         "study",
-        "Multi-seed studies: 'study dporm' (EXRM vs DPORM in and out of distribution).",
+        "Multi-seed studies: EXRM vs DPORM in and out of distribution.",
     ),
     "iterate": CommandEntry(
         "oodpl.cli.commands.iterate",
         "iterate",
-        "Iterative DPO labelled by an EXRM or DPORM reward; gold reward per iteration.",
+        "Iterative DPO with an EXRM or DPORM labeller.",
     ),
     "train": CommandEntry(
         "oodpl.cli.commands.train",
