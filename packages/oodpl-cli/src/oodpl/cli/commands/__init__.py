@@ -68,7 +68,7 @@ COMMANDS: dict[str, CommandEntry] = {
     "quickstart": CommandEntry(
         "oodpl.cli.commands.quickstart",
         "quickstart",
-        "The three papers' core experiments, offline on CPU, with a report.",
+        "Run the three papers' core experiments offline, with a report.",
     ),
     "study": CommandEntry(
         "oodpl.cli.commands.study",
