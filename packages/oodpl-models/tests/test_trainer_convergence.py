@@ -18,6 +18,9 @@ Accuracy definitions:
   log-prob margin ``logπ(y_w) − logπ(y_l)``: after one infinitesimal step along the DPO gradient
   the implicit-reward ranking is this margin's ranking plus the update, so this is the accuracy
   the implicit reward starts from, and it is not trivially 100 %.
+* DPO extra (stricter than the acceptance point): DPORM accuracy saturates after very little
+  training (one small step already ranks all 16 pairs here, even at lr 3e-5), so we also require
+  the trained policy's own margin ``logπ(y_w) − logπ(y_l)`` to reach ≥ 0.95.
 
 Pairs differ only in the sentiment word (same template, same number of words), so the initial
 scores carry no length signal and chance is ~50 %.
@@ -44,9 +47,11 @@ BAD = ["awful", "boring", "broken", "dreadful"]
 RELOAD_ATOL = 1e-6
 DPO_BETA = 0.1
 
-# Full fine-tuning, one micro batch = all 16 pairs, constant lr: ~0.5-1 s per case on one thread.
-LR = 3e-3
-MAX_STEPS = 20
+# Full fine-tuning, one micro batch = all 16 pairs, constant lr, ~0.5-1.5 s per case on one
+# thread. Chosen so that a single step does NOT pass (checked when tuning: after 1 step the RM
+# accuracy and the DPO policy-margin accuracy stay below 0.95 on every preset; the lower DPO lr
+# 3e-4 x 30 steps is not enough for pythia/gemma), i.e. the asserts need actual training.
+SCHEDULE = {"rm": (3e-5, 40), "dpo": (1e-3, 30)}  # (lr, max_steps)
 
 
 def _pairs() -> list[Preference]:
@@ -67,8 +72,9 @@ def data():
     return train_bpe_tokenizer(texts, vocab_size=300, model_max_length=32), pairs
 
 
-def _engine() -> EngineConfig:
-    return EngineConfig(backend="torch", lr=LR, max_steps=MAX_STEPS, micro_batch_size=16, seed=0)
+def _engine(method: str) -> EngineConfig:
+    lr, steps = SCHEDULE[method]
+    return EngineConfig(backend="torch", lr=lr, max_steps=steps, micro_batch_size=16, seed=0)
 
 
 @torch.no_grad()
@@ -95,7 +101,7 @@ def test_reward_model_fits_and_reloads(data, preset, tmp_path) -> None:
     before = preference_accuracy(*_rewards(rm, pairs))
     assert before.accuracy <= 0.8, before
 
-    train_reward_model(rm, pairs, engine=_engine())
+    train_reward_model(rm, pairs, engine=_engine("rm"))
     trained = _rewards(rm, pairs)
     after = preference_accuracy(*trained)
     assert after.accuracy >= 0.95, (before, after)
@@ -117,13 +123,21 @@ def test_dpo_fits_and_reloads(data, preset, tmp_path) -> None:
     before = preference_accuracy(*reference)
     assert before.accuracy <= 0.8, before
 
-    train_dpo(policy, pairs, DPOConfig(beta=DPO_BETA), engine=_engine())
+    train_dpo(policy, pairs, DPOConfig(beta=DPO_BETA), engine=_engine("dpo"))
     trained = _logps(policy, pairs)
     after = dporm_accuracy(*trained, *reference, beta=DPO_BETA)
     assert after.accuracy >= 0.95, (before, after)
+    # Stricter: DPORM accuracy relative to the reference saturates after very little training
+    # (one small step already ranks all 16 pairs here), so also require the policy itself to
+    # rank y_w above y_l, which needs the initial ~chance margin to be overturned.
+    margin_after = preference_accuracy(*trained)
+    assert margin_after.accuracy >= 0.95, (before, margin_after)
 
     policy.save_pretrained(tmp_path / "policy")
     reloaded = _logps(Policy.load(tmp_path / "policy"), pairs)
     diff = _max_abs_diff(trained, reloaded)
-    print(f"{preset} dpo: before {before.accuracy:.3f} after {after.accuracy:.3f} diff {diff:.2e}")
+    print(
+        f"{preset} dpo: before {before.accuracy:.3f} after {after.accuracy:.3f} "
+        f"margin after {margin_after.accuracy:.3f} diff {diff:.2e}"
+    )
     assert diff <= RELOAD_ATOL
