@@ -267,6 +267,27 @@ def cpu_threads() -> Iterator[int]:
         torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Keep the terminal to progress bars and tables: no per-checkpoint "Writing model shards"
+    bars from transformers and no deprecation notice repeated for every engine built."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+            )
+            yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def resolve_experiment_config(
     kind: str,
     config_file: Path | None,
@@ -327,6 +348,7 @@ __all__ = [
     "Workbench",
     "cpu_threads",
     "mean",
+    "quiet_libraries",
     "resolve_experiment_config",
     "std",
     "synthetic_data",

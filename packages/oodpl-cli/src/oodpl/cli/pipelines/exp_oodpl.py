@@ -11,7 +11,10 @@ SFT policy ``π`` (fine-tuned on every domain's completions, the SFT baseline):
   ([OODPL] Alg. 1: per domain, adapt ``θ`` by ``K`` SGD steps of reward-weighted regression on
   the domain's completions, then follow the hypergradient of the adapted policy's ``L_out``),
   then meta-test (Alg. 2): reward-weighted regression with the frozen ``r_φ*`` on the *held-out*
-  domain's own completions (its preferences are never used).
+  domain's own completions (its preferences are never used);
+- **MT-RM meta-test** (ablation): the same meta-test with the MultiTask RM as the frozen reward,
+  which separates what the meta-learning contributes from what adapting on the held-out
+  domain's completions contributes.
 
 Policies other than SFT train a LoRA adapter plus an LM-head copy on top of ``π``. Reported on
 ``h``: PL accuracy ``mean 1[ℓ̄(y_w) > ℓ̄(y_l)]`` on its evaluation pairs, the gold reward of one
@@ -36,7 +39,9 @@ from oodpl.cli.pipelines.exp_common import EXPERIMENT_MEANINGS, ORDER, Workbench
 from oodpl.cli.report.results import GoldVsTemperature, MetricTable, SummaryRow
 
 EXPERIMENT = "a"
-METHODS = ("SFT", "DPO", "HPL", "PPO(tr)", "OODPL")
+ABLATION = "MT-RM meta-test"
+"""Meta-test with the MultiTask RM instead of the meta-learned one (isolates meta-learning)."""
+METHODS = ("SFT", "DPO", "HPL", "PPO(tr)", "OODPL", ABLATION)
 REWARD_MODELS = ("MultiTask RM", "meta-learned RM")
 
 
@@ -50,15 +55,15 @@ class OodplPlan:
     hpl_steps: int = 150
     rm_steps: int = 150
     rm_lr: float = 1e-3
-    ppo_iterations: int = 20
+    ppo_iterations: int = 40
     ppo_rollout: int = 32
     ppo_kl_coef: float = 0.05
-    meta_steps: int = 60
+    meta_steps: int = 120
     meta_inner_steps: int = 2
     meta_inner_lr: float = 0.5
     meta_beta: float = 0.5
     meta_outer_lr: float = 3e-3
-    meta_batch_size: int = 16
+    meta_batch_size: int = 48
     meta_method: str = "unrolled"
     meta_test_steps: int = 150
     generation_prompts: int = 48
@@ -86,7 +91,7 @@ class OodplOutcome:
     data_gold: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-STAGES_PER_DOMAIN = 7  # DPO, HPL, MultiTask RM, PPO, meta, meta-test, evaluation
+STAGES_PER_DOMAIN = 8  # DPO, HPL, MultiTask RM, PPO, meta, 2 meta-tests, evaluation
 
 
 def planned_stages(n_held_out: int) -> int:
@@ -165,7 +170,6 @@ def _oodpl(wb: Workbench, plan: OodplPlan, train: Sequence[str], held_out: str) 
     import torch
 
     from oodpl.models.trainers.meta import MetaDomain, MetaTrainConfig, train_meta
-    from oodpl.models.trainers.meta_test import MetaTestConfig, train_meta_test
 
     data = wb.data
     with wb.stage(EXPERIMENT, f"meta-learn the reward ({plan.meta_steps} outer steps)"):
@@ -193,24 +197,33 @@ def _oodpl(wb: Workbench, plan: OodplPlan, train: Sequence[str], held_out: str) 
         reward_model.eval()
         reward_model.requires_grad_(False)
     with wb.stage(EXPERIMENT, f"meta-test on {held_out}'s completions"):
-        policy = wb.lora_policy(6)
-        steps = plan.meta_test_steps
-        config = MetaTestConfig(
-            beta=plan.meta_beta,
-            eval_every=max(1, steps // 10),
-            seed=wb.seed,
-            max_length=wb.plan.max_length,
-        )
-        outcome = train_meta_test(
-            policy,
-            reward_model,
-            data.fine_tuning[held_out],
-            config,
-            engine=wb.engine(steps, plan.policy_lr),
-            max_steps=steps,
-        )
-        wb.log(EXPERIMENT, "meta-test", outcome.history)
+        policy = meta_test(wb, plan, reward_model, held_out, "meta-test")
     return {"OODPL": policy, "meta-learned RM": reward_model}
+
+
+def meta_test(wb: Workbench, plan: OodplPlan, reward_model: Any, held_out: str, label: str) -> Any:
+    """[OODPL] Alg. 2: reward-weighted regression of a fresh LoRA policy on ``held_out``'s
+    completions with the frozen ``reward_model`` (lowest selection loss kept)."""
+    from oodpl.models.trainers.meta_test import MetaTestConfig, train_meta_test
+
+    policy = wb.lora_policy(6)
+    steps = plan.meta_test_steps
+    config = MetaTestConfig(
+        beta=plan.meta_beta,
+        eval_every=max(1, steps // 10),
+        seed=wb.seed,
+        max_length=wb.plan.max_length,
+    )
+    outcome = train_meta_test(
+        policy,
+        reward_model,
+        wb.data.fine_tuning[held_out],
+        config,
+        engine=wb.engine(steps, plan.policy_lr),
+        max_steps=steps,
+    )
+    wb.log(EXPERIMENT, label, outcome.history)
+    return policy
 
 
 def run_oodpl(wb: Workbench, plan: OodplPlan, held_out: Sequence[str]) -> OodplOutcome:
@@ -222,6 +235,8 @@ def run_oodpl(wb: Workbench, plan: OodplPlan, held_out: Sequence[str]) -> OodplO
         models = {"SFT": wb.sft_policy(EXPERIMENT)}
         models.update(_train_domain_policies(wb, plan, train))
         models.update(_oodpl(wb, plan, train, h))
+        with wb.stage(EXPERIMENT, f"meta-test with the MultiTask RM on {h} (ablation)"):
+            models[ABLATION] = meta_test(wb, plan, models["MultiTask RM"], h, "mt-rm-meta-test")
         with wb.stage(EXPERIMENT, f"evaluate on held-out {h}"):
             data = view(wb.data, train, [h])
             for name in METHODS:
@@ -267,7 +282,9 @@ def sections(outcome: OodplOutcome, plan: OodplPlan, wb: Workbench) -> dict[str,
         f"(β={plan.dpo_beta}), HPL {plan.hpl_steps}, MultiTask RM {plan.rm_steps}, PPO(tr) "
         f"{plan.ppo_iterations} rollouts of {plan.ppo_rollout}, meta-learning {plan.meta_steps} "
         f"outer steps (K={plan.meta_inner_steps}, α={plan.meta_inner_lr}, β={plan.meta_beta}, "
-        f"{plan.meta_method} hypergradient), meta-test {plan.meta_test_steps} steps."
+        f"{plan.meta_method} hypergradient, {plan.meta_batch_size} items per support/query "
+        f"batch), meta-test {plan.meta_test_steps} steps. {ABLATION}: the same meta-test with "
+        "the MultiTask RM as the reward (isolates what meta-learning adds)."
     )
     out: dict[str, Any] = {
         "a1-pl-accuracy": MetricTable(

@@ -29,7 +29,14 @@ from typing import Any
 from oodpl.cli.config.schema import RunConfig
 from oodpl.cli.errors import BadInputError
 from oodpl.cli.pipelines.evaluate import gold_scorer, score_generations
-from oodpl.cli.pipelines.exp_common import StageTracker, Workbench, cpu_threads, mean, std
+from oodpl.cli.pipelines.exp_common import (
+    StageTracker,
+    Workbench,
+    cpu_threads,
+    mean,
+    quiet_libraries,
+    std,
+)
 from oodpl.cli.pipelines.study import experiment_data, model_plan
 from oodpl.cli.report.results import GoldVsTemperature, MetricTable, Summary, SummaryRow
 from oodpl.cli.run_dir import RunDir
@@ -159,7 +166,7 @@ def run_iterate(
         )
 
     chains: dict[str, ChainRecord] = {}
-    with tracker, cpu_threads():
+    with tracker, cpu_threads(), quiet_libraries():
         wb = Workbench.create(
             data, plan, seed=config.seed, run=run, tracker=tracker, eval_config=eval_config
         )

@@ -30,6 +30,7 @@ from oodpl.cli.pipelines.exp_common import (
     StageTracker,
     Workbench,
     cpu_threads,
+    quiet_libraries,
     synthetic_data,
 )
 from oodpl.cli.report.results import Summary, SummaryRow
@@ -194,7 +195,7 @@ def run_quickstart(
         tracker.plan(exp_more.planned_stages(train_top="dporm" not in experiments))
     rows: list[SummaryRow] = []
     times: dict[str, float] = {}
-    with tracker, cpu_threads():
+    with tracker, cpu_threads(), quiet_libraries():
         wb = Workbench.create(
             data, plan.model, seed=seed, run=run, tracker=tracker, eval_config=EvalConfig()
         )

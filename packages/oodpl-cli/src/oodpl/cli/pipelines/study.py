@@ -33,6 +33,7 @@ from oodpl.cli.pipelines.exp_common import (
     Workbench,
     cpu_threads,
     mean,
+    quiet_libraries,
     std,
     synthetic_data,
 )
@@ -226,7 +227,7 @@ def run_study(
         per_seed * len(study.seeds) + 1, disable=not show_progress, title="study"
     )
     outcomes = []
-    with tracker, cpu_threads():
+    with tracker, cpu_threads(), quiet_libraries():
         for seed in study.seeds:
             wb = Workbench.create(
                 data, plan, seed=seed, run=run, tracker=tracker, eval_config=config.eval
