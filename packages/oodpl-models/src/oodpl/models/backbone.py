@@ -17,7 +17,7 @@ import inspect
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import torch
 from peft import PeftModel
@@ -26,7 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from oodpl.models.collate import Batch, CompletionCollator, PreferenceCollator
 from oodpl.models.lora import LoraSpec, functional_forward, trainable_parameters
-from oodpl.models.presets import check_attn_implementation
+from oodpl.models.presets import build_model, check_attn_implementation
 
 CAUSAL_KEYS = ("input_ids", "attention_mask", "response_mask")
 SEQ2SEQ_KEYS = (*CAUSAL_KEYS, "decoder_input_ids", "decoder_attention_mask")
@@ -317,6 +317,65 @@ class TransformerWrapper(nn.Module):
 
     def completion_collator(self, **overrides: Any) -> CompletionCollator:
         return CompletionCollator(self.tokenizer, **self.collator_kwargs(**overrides))
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_preset(
+        cls,
+        name: str,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        seed: int = 0,
+        lora: LoraSpec | None = None,
+        attn_implementation: str = "sdpa",
+        dtype: torch.dtype = torch.float32,
+        max_length: int | None = None,
+    ) -> Self:
+        """A model on preset ``name`` (see :mod:`oodpl.models.presets`), random weights from
+        ``seed`` (for a reward model, a fresh value head too)."""
+        lm = build_model(
+            name,
+            tokenizer,
+            seed=seed,
+            attn_implementation=attn_implementation,
+            dtype=dtype,
+            max_length=max_length,
+        )
+        return cls(lm, tokenizer, lora=lora, seed=seed)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        lora: LoraSpec | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        seed: int = 0,
+        **load_kwargs: Any,
+    ) -> Self:
+        """A real LM (local dir, ``.gguf`` or HF cache; never downloads); a reward model gets a
+        fresh value head.
+
+        ``load_kwargs`` go to :func:`oodpl.models.loading.load_language_model` (``gguf_file``,
+        ``dtype``, ``attn_implementation``, ``trust_remote_code``, ``revision``, ``cache_dir``).
+        An oodpl checkpoint directory is loaded with :meth:`load` instead.
+        """
+        from oodpl.models.checkpoint import CONFIG_NAME
+        from oodpl.models.loading import load_language_model, load_tokenizer
+
+        if os.path.isfile(os.path.join(os.fspath(name_or_path), CONFIG_NAME)):
+            return cls.load(name_or_path)
+        lm = load_language_model(name_or_path, **load_kwargs)
+        if tokenizer is None:
+            keys = ("gguf_file", "trust_remote_code", "revision", "cache_dir")
+            tokenizer = load_tokenizer(
+                name_or_path, **{k: v for k, v in load_kwargs.items() if k in keys}
+            )
+        return cls(lm, tokenizer, lora=lora, seed=seed)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], **kwargs: Any) -> Self:  # pragma: no cover
+        raise NotImplementedError
 
     # -- persistence ---------------------------------------------------------------------------
     def _extra_tensors(self) -> dict[str, dict[str, torch.Tensor]]:

@@ -41,7 +41,6 @@ from oodpl.models.collate import _pad, concat_pair_batch, is_pair_batch
 from oodpl.models.lora import LoraSpec, apply_lora
 from oodpl.models.packed_forward import packed_preference_logps
 from oodpl.models.packing import is_packed_batch
-from oodpl.models.presets import build_model
 from oodpl.models.tokenizer import resolve_pad_token_id
 
 HEAD_CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
@@ -82,54 +81,7 @@ class Policy(TransformerWrapper):
                 stacklevel=2,
             )
 
-    # -- construction --------------------------------------------------------------------------
-    @classmethod
-    def from_preset(
-        cls,
-        name: str,
-        tokenizer: PreTrainedTokenizerBase,
-        *,
-        seed: int = 0,
-        lora: LoraSpec | None = None,
-        attn_implementation: str = "sdpa",
-        dtype: torch.dtype = torch.float32,
-        max_length: int | None = None,
-    ) -> Policy:
-        """A policy on preset ``name`` with random weights drawn from ``seed``."""
-        lm = build_model(
-            name,
-            tokenizer,
-            seed=seed,
-            attn_implementation=attn_implementation,
-            dtype=dtype,
-            max_length=max_length,
-        )
-        return cls(lm, tokenizer, lora=lora, seed=seed)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | os.PathLike[str],
-        *,
-        lora: LoraSpec | None = None,
-        tokenizer: PreTrainedTokenizerBase | None = None,
-        seed: int = 0,
-        **load_kwargs: Any,
-    ) -> Policy:
-        """A real LM (local dir, ``.gguf`` or HF cache; never downloads), see RewardModel."""
-        from oodpl.models.checkpoint import CONFIG_NAME
-        from oodpl.models.loading import load_language_model, load_tokenizer
-
-        if os.path.isfile(os.path.join(os.fspath(name_or_path), CONFIG_NAME)):
-            return cls.load(name_or_path)
-        lm = load_language_model(name_or_path, **load_kwargs)
-        if tokenizer is None:
-            keys = ("gguf_file", "trust_remote_code", "revision", "cache_dir")
-            tokenizer = load_tokenizer(
-                name_or_path, **{k: v for k, v in load_kwargs.items() if k in keys}
-            )
-        return cls(lm, tokenizer, lora=lora, seed=seed)
-
+    # -- construction (from_preset / from_pretrained: TransformerWrapper) ---------------------
     @classmethod
     def load(
         cls,

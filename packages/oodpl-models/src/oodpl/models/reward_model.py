@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import torch
 from torch import nn
@@ -35,7 +34,6 @@ from oodpl.models.collate import concat_pair_batch, is_pair_batch
 from oodpl.models.lora import LoraSpec, apply_lora
 from oodpl.models.packed_forward import packed_rewards
 from oodpl.models.packing import is_packed_batch
-from oodpl.models.presets import build_model
 
 VALUE_HEAD = "value_head"
 
@@ -95,59 +93,7 @@ class RewardModel(TransformerWrapper):
         self.value_head = value_head.to(device=self.device, dtype=head_dtype(self.lm.dtype))
         self.value_head.requires_grad_(True)
 
-    # -- construction --------------------------------------------------------------------------
-    @classmethod
-    def from_preset(
-        cls,
-        name: str,
-        tokenizer: PreTrainedTokenizerBase,
-        *,
-        seed: int = 0,
-        lora: LoraSpec | None = None,
-        attn_implementation: str = "sdpa",
-        dtype: torch.dtype = torch.float32,
-        max_length: int | None = None,
-    ) -> RewardModel:
-        """A reward model on preset ``name`` (see :mod:`oodpl.models.presets`), random weights."""
-        lm = build_model(
-            name,
-            tokenizer,
-            seed=seed,
-            attn_implementation=attn_implementation,
-            dtype=dtype,
-            max_length=max_length,
-        )
-        return cls(lm, tokenizer, lora=lora, seed=seed)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | os.PathLike[str],
-        *,
-        lora: LoraSpec | None = None,
-        tokenizer: PreTrainedTokenizerBase | None = None,
-        seed: int = 0,
-        **load_kwargs: Any,
-    ) -> RewardModel:
-        """A fresh value head on a real LM (local dir, ``.gguf`` or HF cache; never downloads).
-
-        ``load_kwargs`` go to :func:`oodpl.models.loading.load_language_model` (``gguf_file``,
-        ``dtype``, ``attn_implementation``, ``trust_remote_code``, ``revision``, ``cache_dir``).
-        An oodpl checkpoint directory is loaded with :meth:`load` instead.
-        """
-        from oodpl.models.checkpoint import CONFIG_NAME
-        from oodpl.models.loading import load_language_model, load_tokenizer
-
-        if os.path.isfile(os.path.join(os.fspath(name_or_path), CONFIG_NAME)):
-            return cls.load(name_or_path)
-        lm = load_language_model(name_or_path, **load_kwargs)
-        if tokenizer is None:
-            keys = ("gguf_file", "trust_remote_code", "revision", "cache_dir")
-            tokenizer = load_tokenizer(
-                name_or_path, **{k: v for k, v in load_kwargs.items() if k in keys}
-            )
-        return cls(lm, tokenizer, lora=lora, seed=seed)
-
+    # -- construction (from_preset / from_pretrained: TransformerWrapper) ---------------------
     @classmethod
     def load(
         cls,
