@@ -47,6 +47,14 @@ class SourceSpec:
     homepage: str = ""
 
 
+def train_split_hub_requests(
+    domains: tuple[str, ...], split: str | None
+) -> list[tuple[dict[str, Any], str | None]]:
+    """``hub_requests`` of a single-config hub dataset: one request for ``split`` (default
+    ``"train"``), no row hint; ``domains`` is ignored."""
+    return [({"split": split or "train"}, None)]
+
+
 def data_files(path: Path, patterns: Sequence[str], *, what: str) -> list[Path]:
     """``[path]`` for a file; else the sorted matches of the first glob pattern that matches."""
     if path.is_file():

@@ -28,6 +28,7 @@ from oodpl.data.sources._common import (
     file_rows,
     get,
     process_each,
+    train_split_hub_requests,
 )
 from oodpl.data.sources._dialogue import message_turns, split_conversation
 
@@ -117,10 +118,6 @@ def process(
     process_each(rows, collector, handle)
 
 
-def hub_requests(domains: tuple[str, ...], split: str | None):
-    return [({"split": split or "train"}, None)]
-
-
 SPEC = SourceSpec(
     name=SOURCE,
     description="Chatbot Arena conversations: human votes between two chat models (ties dropped)",
@@ -133,7 +130,7 @@ SPEC = SourceSpec(
     rows=rows,
     process=process,
     options={"multi_turn": "drop", "languages": None},
-    hub_requests=hub_requests,
+    hub_requests=train_split_hub_requests,
     aliases=("arena", "chatbot_arena", "lmsys-arena"),
     homepage="https://huggingface.co/datasets/lmsys/chatbot_arena_conversations",
 )

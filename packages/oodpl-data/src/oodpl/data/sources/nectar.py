@@ -27,6 +27,7 @@ from oodpl.data.sources._common import (
     get,
     get_number,
     process_each,
+    train_split_hub_requests,
 )
 
 NECTAR_DOMAINS = ("nectar",)
@@ -108,10 +109,6 @@ def process(
     process_each(rows, collector, handle)
 
 
-def hub_requests(domains: tuple[str, ...], split: str | None):
-    return [({"split": split or "train"}, None)]
-
-
 SPEC = SourceSpec(
     name=SOURCE,
     description="Nectar: GPT-4 7-wise rankings of chat answers, turned into pairs",
@@ -124,6 +121,6 @@ SPEC = SourceSpec(
     rows=rows,
     process=process,
     options={"pairs": "adjacent"},
-    hub_requests=hub_requests,
+    hub_requests=train_split_hub_requests,
     homepage="https://huggingface.co/datasets/berkeley-nest/Nectar",
 )

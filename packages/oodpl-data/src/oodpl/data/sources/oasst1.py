@@ -35,6 +35,7 @@ from oodpl.data.sources._common import (
     file_rows,
     get,
     get_number,
+    train_split_hub_requests,
 )
 from oodpl.data.sources._dialogue import render_prompt
 from oodpl.data.sources.nectar import PAIRINGS, rank_pairs
@@ -228,10 +229,6 @@ def _pairs_for(
         )
 
 
-def hub_requests(domains: tuple[str, ...], split: str | None):
-    return [({"split": split or "train"}, None)]
-
-
 SPEC = SourceSpec(
     name=SOURCE,
     description="OpenAssistant OASST1: ranked sibling replies in crowd-sourced message trees",
@@ -244,7 +241,7 @@ SPEC = SourceSpec(
     rows=rows,
     process=process,
     options={"pairs": "adjacent", "languages": None},
-    hub_requests=hub_requests,
+    hub_requests=train_split_hub_requests,
     aliases=("oasst", "openassistant"),
     homepage="https://huggingface.co/datasets/OpenAssistant/oasst1",
 )

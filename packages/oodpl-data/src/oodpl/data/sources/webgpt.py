@@ -29,6 +29,7 @@ from oodpl.data.sources._common import (
     get,
     get_number,
     process_each,
+    train_split_hub_requests,
 )
 
 WEBGPT_DOMAINS = ("webgpt",)
@@ -109,10 +110,6 @@ def process(
     process_each(rows, collector, handle)
 
 
-def hub_requests(domains: tuple[str, ...], split: str | None):
-    return [({"split": split or "train"}, None)]
-
-
 SPEC = SourceSpec(
     name=SOURCE,
     description="WebGPT comparisons: human-rated pairs of long-form answers (ties dropped)",
@@ -125,7 +122,7 @@ SPEC = SourceSpec(
     rows=rows,
     process=process,
     options={"include_quotes": False},
-    hub_requests=hub_requests,
+    hub_requests=train_split_hub_requests,
     aliases=("webgpt-comparisons", "webgpt_comparisons"),
     homepage="https://openaipublic.blob.core.windows.net/webgpt-answer-viewer/comparisons.jsonl",
 )
