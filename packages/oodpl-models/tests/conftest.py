@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
 import pytest
 import torch
 
+from oodpl.core.losses import bradley_terry_loss
 from oodpl.core.records import Completion, Preference
+from oodpl.models.lora import LoraSpec
+from oodpl.models.reward_model import RewardModel
 from oodpl.models.tokenizer import record_texts, train_bpe_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -123,3 +127,43 @@ def perturb():
 @pytest.fixture(scope="session")
 def logps_loop():
     return reference_logps_loop
+
+
+@contextlib.contextmanager
+def quiet_single_thread():
+    """Module fixtures run outside the per-test single-thread fixture above: do the same."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def fixed_reward_model(tokenizer, pairs, steps=40):
+    """A well-chosen fixed RM: Bradley-Terry on sentiment preferences (plain AdamW loop)."""
+    reward_model = RewardModel.from_preset("pythia-tiny", tokenizer, seed=5, lora=LoraSpec(r=8))
+    collator = reward_model.preference_collator()
+    optimizer = torch.optim.AdamW(list(reward_model.trainable_parameters().values()), lr=1e-2)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        index = torch.randperm(len(pairs), generator=generator)[:16].tolist()
+        chosen, rejected = reward_model.preference_rewards(collator([pairs[i] for i in index]))
+        optimizer.zero_grad()
+        bradley_terry_loss(chosen, rejected).backward()
+        optimizer.step()
+    return reward_model.eval()
+
+
+@pytest.fixture(scope="session")
+def one_quiet_thread():
+    """:func:`quiet_single_thread` (one torch thread, FutureWarnings off) for module fixtures."""
+    return quiet_single_thread
+
+
+@pytest.fixture(scope="session")
+def train_fixed_reward_model():
+    """:func:`fixed_reward_model`: ``(tokenizer, pairs, steps=40) -> RewardModel`` (eval mode)."""
+    return fixed_reward_model

@@ -4,22 +4,18 @@ which the mean reward-model score of the rollouts rises."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import warnings
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oodpl.core.losses import bradley_terry_loss
 from oodpl.core.records import Completion, Preference
 from oodpl.models.engine import EngineConfig
 from oodpl.models.lora import LoraSpec
 from oodpl.models.policy import Policy
-from oodpl.models.reward_model import RewardModel
 from oodpl.models.tokenizer import train_bpe_tokenizer
 from oodpl.models.trainers._policy_common import GenerationOptions
 from oodpl.models.trainers.ppo import (
@@ -153,36 +149,8 @@ def _completions(words):
     ]
 
 
-@contextlib.contextmanager
-def _one_quiet_thread():
-    """Module fixtures run outside conftest's per-test single-thread fixture: do the same."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train_reward_model(tokenizer, pairs, steps=40):
-    """A well-chosen fixed RM: Bradley-Terry on sentiment preferences (plain AdamW loop)."""
-    reward_model = RewardModel.from_preset("pythia-tiny", tokenizer, seed=5, lora=LoraSpec(r=8))
-    collator = reward_model.preference_collator()
-    optimizer = torch.optim.AdamW(list(reward_model.trainable_parameters().values()), lr=1e-2)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        index = torch.randperm(len(pairs), generator=generator)[:16].tolist()
-        chosen, rejected = reward_model.preference_rewards(collator([pairs[i] for i in index]))
-        optimizer.zero_grad()
-        bradley_terry_loss(chosen, rejected).backward()
-        optimizer.step()
-    return reward_model.eval()
-
-
 @pytest.fixture(scope="module")
-def setup():
+def setup(one_quiet_thread, train_fixed_reward_model):
     texts = [t for c in _completions(GOOD + BAD) for t in (c.prompt, c.response)]
     tokenizer = train_bpe_tokenizer(texts, vocab_size=300, model_max_length=64)
     pairs = [
@@ -191,8 +159,8 @@ def setup():
         for g in GOOD
         for b in BAD
     ]
-    with _one_quiet_thread():
-        reward_model = _train_reward_model(tokenizer, pairs)
+    with one_quiet_thread():
+        reward_model = train_fixed_reward_model(tokenizer, pairs)
         policy = Policy.from_preset("pythia-tiny", tokenizer, seed=0, lora=LoraSpec(r=4))
         data = _completions(GOOD[:1] + BAD)  # mostly negative: room for the reward to rise
         train_sft(policy, data, engine=EngineConfig(lr=1e-2, micro_batch_size=8, max_steps=40))
