@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from oodpl.models.engine import state as st
 from oodpl.models.engine.config import EngineConfig
 
 DISPATCH_PREFIX = "wrapped."
@@ -301,6 +302,32 @@ class TrainingEngine(ABC):
     @abstractmethod
     def save_state(self, directory: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
         """Write a resumable training state (collective: every rank must call it)."""
+
+    def _write_state(
+        self,
+        directory: str | Path,
+        extra: Mapping[str, Any] | None,
+        write_backend_files: Callable[[Path], None],
+    ) -> Path:
+        """The staged layout shared by every backend's :meth:`save_state` (collective).
+
+        Stages ``directory`` (:func:`state.begin_staging`), lets the backend write its weights /
+        optimizer files into the staging folder, writes ``engine.json`` from the main rank and
+        each rank's RNG state, then commits the staging folder atomically.
+        """
+        final = Path(directory)
+        staging = st.begin_staging(final, is_main=self.is_main, barrier=self.barrier)
+        write_backend_files(staging)
+        if self.is_main:
+            meta = st.EngineMeta(
+                backend=self.backend,
+                global_step=self.global_step,
+                world_size=self.world_size,
+                config=self.config.to_dict(),
+            )
+            st.write_engine_meta(staging, meta, extra)
+        st.save_rng(staging, self.rank)
+        return st.commit_staging(staging, final, is_main=self.is_main, barrier=self.barrier)
 
     @abstractmethod
     def load_state(self, directory: str | Path) -> dict[str, Any]:

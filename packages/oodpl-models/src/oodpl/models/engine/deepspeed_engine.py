@@ -256,21 +256,13 @@ class DeepSpeedTrainingEngine(TrainingEngine):
             raise RuntimeError(
                 "save_state called inside an accumulation window: call it after step()"
             )
-        final = Path(directory)
-        staging = st.begin_staging(final, is_main=self.is_main, barrier=self.barrier)
-        self._ds.save_checkpoint(
-            str(staging / "deepspeed"), tag=DEEPSPEED_TAG, client_state={}, save_latest=True
-        )
-        if self.is_main:
-            meta = st.EngineMeta(
-                backend=self.backend,
-                global_step=self.global_step,
-                world_size=self._world_size,
-                config=self.config.to_dict(),
+
+        def write_backend_files(staging: Path) -> None:
+            self._ds.save_checkpoint(
+                str(staging / "deepspeed"), tag=DEEPSPEED_TAG, client_state={}, save_latest=True
             )
-            st.write_engine_meta(staging, meta, extra)
-        st.save_rng(staging, self._rank)
-        return st.commit_staging(staging, final, is_main=self.is_main, barrier=self.barrier)
+
+        return self._write_state(directory, extra, write_backend_files)
 
     def load_state(self, directory: str | Path) -> dict[str, Any]:
         """Restore a state; call on a freshly built engine (DeepSpeed's ZeRO-3 requirement)."""

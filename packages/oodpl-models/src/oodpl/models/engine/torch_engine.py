@@ -180,23 +180,16 @@ class TorchEngine(TrainingEngine):
                 "save_state called in the middle of an accumulation window "
                 f"({self._micro}/{self.config.grad_accum} micro-batches): call it after step()"
             )
-        final = Path(directory)
-        staging = st.begin_staging(final, is_main=self.is_main, barrier=self.barrier)
-        if self.is_main:
-            save_model(self._module, str(staging / "model.safetensors"))
-            st.save_optimizer(staging, self.optimizer)
-            st.write_json(staging / "scheduler.json", self.scheduler.state_dict())
-            if self._scaler is not None:
-                st.write_json(staging / "grad_scaler.json", self._scaler.state_dict())
-            meta = st.EngineMeta(
-                backend=self.backend,
-                global_step=self._global_step,
-                world_size=self._world_size,
-                config=self.config.to_dict(),
-            )
-            st.write_engine_meta(staging, meta, extra)
-        st.save_rng(staging, self._rank)
-        return st.commit_staging(staging, final, is_main=self.is_main, barrier=self.barrier)
+
+        def write_backend_files(staging: Path) -> None:
+            if self.is_main:
+                save_model(self._module, str(staging / "model.safetensors"))
+                st.save_optimizer(staging, self.optimizer)
+                st.write_json(staging / "scheduler.json", self.scheduler.state_dict())
+                if self._scaler is not None:
+                    st.write_json(staging / "grad_scaler.json", self._scaler.state_dict())
+
+        return self._write_state(directory, extra, write_backend_files)
 
     def load_state(self, directory: str | Path) -> dict[str, Any]:
         from safetensors.torch import load_model
