@@ -374,8 +374,30 @@ class TransformerWrapper(nn.Module):
         return cls(lm, tokenizer, lora=lora, seed=seed)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], **kwargs: Any) -> Self:  # pragma: no cover
-        raise NotImplementedError
+    def load(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        dtype: torch.dtype | None = None,
+        attn_implementation: str | None = None,
+        trainable: bool = True,
+    ) -> Self:
+        """Load a checkpoint written by :meth:`save_pretrained`."""
+        from oodpl.models.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(
+            directory,
+            kind=cls.kind,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            trainable=trainable,
+        )
+        return cls._from_checkpoint(loaded, directory)
+
+    @classmethod
+    def _from_checkpoint(cls, loaded: Any, directory: str | os.PathLike[str]) -> Self:
+        """The model from a :class:`~oodpl.models.checkpoint.LoadedCheckpoint` (heads: override)."""
+        return cls(loaded.model, loaded.tokenizer, lora=loaded.lora)
 
     # -- persistence ---------------------------------------------------------------------------
     def _extra_tensors(self) -> dict[str, dict[str, torch.Tensor]]:

@@ -16,7 +16,6 @@ precompute reference log-probs once with :meth:`Policy.compute_logps`.
 from __future__ import annotations
 
 import copy
-import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -81,28 +80,7 @@ class Policy(TransformerWrapper):
                 stacklevel=2,
             )
 
-    # -- construction (from_preset / from_pretrained: TransformerWrapper) ---------------------
-    @classmethod
-    def load(
-        cls,
-        directory: str | os.PathLike[str],
-        *,
-        dtype: torch.dtype | None = None,
-        attn_implementation: str | None = None,
-        trainable: bool = True,
-    ) -> Policy:
-        """Load a checkpoint written by :meth:`save_pretrained`."""
-        from oodpl.models.checkpoint import load_checkpoint
-
-        loaded = load_checkpoint(
-            directory,
-            kind=cls.kind,
-            dtype=dtype,
-            attn_implementation=attn_implementation,
-            trainable=trainable,
-        )
-        return cls(loaded.model, loaded.tokenizer, lora=loaded.lora)
-
+    # -- construction (from_preset / from_pretrained / load: TransformerWrapper) --------------
     def merged(self) -> Policy:
         """A copy with LoRA (and the trained LM-head copy) merged in; ``lora=None``."""
         from oodpl.models.checkpoint import merge_lora

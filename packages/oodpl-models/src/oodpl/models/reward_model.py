@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -93,26 +94,12 @@ class RewardModel(TransformerWrapper):
         self.value_head = value_head.to(device=self.device, dtype=head_dtype(self.lm.dtype))
         self.value_head.requires_grad_(True)
 
-    # -- construction (from_preset / from_pretrained: TransformerWrapper) ---------------------
+    # -- construction (from_preset / from_pretrained / load: TransformerWrapper) --------------
     @classmethod
-    def load(
-        cls,
-        directory: str | os.PathLike[str],
-        *,
-        dtype: torch.dtype | None = None,
-        attn_implementation: str | None = None,
-        trainable: bool = True,
-    ) -> RewardModel:
-        """Load a checkpoint written by :meth:`save_pretrained`."""
-        from oodpl.models.checkpoint import CheckpointError, load_checkpoint
+    def _from_checkpoint(cls, loaded: Any, directory: str | os.PathLike[str]) -> RewardModel:
+        """The reward model of a loaded checkpoint, value head from ``value_head.safetensors``."""
+        from oodpl.models.checkpoint import CheckpointError
 
-        loaded = load_checkpoint(
-            directory,
-            kind=cls.kind,
-            dtype=dtype,
-            attn_implementation=attn_implementation,
-            trainable=trainable,
-        )
         state = loaded.tensors.get(VALUE_HEAD)
         if state is None or set(state) != {"weight", "bias"}:
             raise CheckpointError(f"{directory}: value_head.safetensors needs 'weight' and 'bias'")
