@@ -237,6 +237,17 @@ class TrainingEngine(ABC):
         self.config = config
         self._handle = ModelHandle(self)
 
+    def _check_backend_and_module(self, module: object) -> None:
+        """A backend's constructor checks: ``config.backend`` names this backend, ``module`` is an
+        ``nn.Module``."""
+        if self.config.backend != self.backend:
+            raise ValueError(
+                f"{type(self).__name__} needs EngineConfig.backend={self.backend!r}, "
+                f"got {self.config.backend!r}"
+            )
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+
     # --- identity -------------------------------------------------------------------------
     @property
     def model(self) -> ModelHandle:

@@ -135,13 +135,7 @@ class DeepSpeedTrainingEngine(TrainingEngine):
         process_group_backend: str | None = None,
     ) -> None:
         super().__init__(config)
-        if config.backend != "deepspeed":
-            raise ValueError(
-                f"DeepSpeedTrainingEngine needs EngineConfig.backend='deepspeed', "
-                f"got {config.backend!r}"
-            )
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+        self._check_backend_and_module(module)
         ds = require_deepspeed()
         from deepspeed.accelerator import get_accelerator
 

@@ -48,12 +48,7 @@ class TorchEngine(TrainingEngine):
         process_group_backend: str | None = None,
     ) -> None:
         super().__init__(config)
-        if config.backend != "torch":
-            raise ValueError(
-                f"TorchEngine needs EngineConfig.backend='torch', got {config.backend!r}"
-            )
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+        self._check_backend_and_module(module)
         env = init_process_group(process_group_backend)
         self._rank, self._world_size = env.rank, env.world_size
         if device is None:
