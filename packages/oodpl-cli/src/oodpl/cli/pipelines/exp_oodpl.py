@@ -311,7 +311,7 @@ def sections(outcome: OodplOutcome, plan: OodplPlan, wb: Workbench) -> dict[str,
             title=f"(a) OODPL: gold reward of generations on {h}",
             description=f"One sampled response per evaluation prompt of {h} "
             f"({plan.generation_prompts} prompts, {plan.max_new_tokens} new tokens at most), "
-            f"{plan.repetitions} repetitions per temperature. For scale: the mean gold reward "
+            f"{plan.repetitions} repetition(s) per temperature. For scale: the mean gold reward "
             f"of {h}'s fine-tuning responses (what SFT imitates) is {outcome.data_gold[h]:.3f}.",
             methods={m: outcome.gold[h][m] for m in METHODS},
             metric="gold_reward",

@@ -145,7 +145,7 @@ def run_iterate(
     if config.name is None:
         config = dataclasses.replace(config, name=RunDir.default_name("iterate"))
     run = RunDir.start(config, overwrite=overwrite, command=command)
-    stages = 3 + len(it.labellers) * (1 + it.iterations)  # SFT, π_0, gold π_0, chains
+    stages = 4 + len(it.labellers) * it.iterations  # SFT, π_0, gold of π_0, report + rounds
     tracker = StageTracker(
         stages + ("exrm" in it.labellers), disable=not show_progress, title="iterate"
     )
