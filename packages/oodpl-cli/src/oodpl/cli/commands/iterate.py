@@ -7,26 +7,11 @@ from pathlib import Path
 
 import click
 
-SET_HELP = "Override a config value, e.g. --set iterate.iterations=2 (repeatable)."
+from oodpl.cli.commands._experiment_options import experiment_options
 
 
 @click.command("iterate")
-@click.option(
-    "--config",
-    "-c",
-    "config_file",
-    type=click.Path(path_type=Path),
-    help="Run config (YAML); its 'kind' must be 'iterate' or absent.",
-)
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@click.option(
-    "--output-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Parent directory of the run directory (config output_dir).",
-)
-@click.option("--name", help="Run directory name (default iterate-<timestamp>).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
-@click.option("--no-progress", is_flag=True, help="Do not draw progress bars.")
+@experiment_options("iterate", "iterate.iterations=2", "iterate-<timestamp>")
 def iterate(
     config_file: Path | None,
     overrides: tuple[str, ...],

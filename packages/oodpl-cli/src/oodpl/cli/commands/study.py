@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-SET_HELP = "Override a config value, e.g. --set study.seeds=0,1 (repeatable)."
+from oodpl.cli.commands._experiment_options import experiment_options
 
 
 @click.group("study")
@@ -16,22 +16,7 @@ def study() -> None:
 
 
 @study.command("dporm", short_help="EXRM vs DPORM in and out of distribution, over seeds.")
-@click.option(
-    "--config",
-    "-c",
-    "config_file",
-    type=click.Path(path_type=Path),
-    help="Run config (YAML); its 'kind' must be 'study' or absent.",
-)
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@click.option(
-    "--output-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Parent directory of the run directory (config output_dir).",
-)
-@click.option("--name", help="Run directory name (default study-dporm-<timestamp>).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
-@click.option("--no-progress", is_flag=True, help="Do not draw progress bars.")
+@experiment_options("study", "study.seeds=0,1", "study-dporm-<timestamp>")
 def dporm(
     config_file: Path | None,
     overrides: tuple[str, ...],
