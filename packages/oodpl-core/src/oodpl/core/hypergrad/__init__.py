@@ -5,6 +5,7 @@ Parameters are plain dicts of named tensors (``Params``), losses are pure callab
 class, so the same code differentiates LoRA factors of a transformer or a 3-parameter toy.
 """
 
+from oodpl.core.hypergrad._autodiff import SeparableInnerLoss
 from oodpl.core.hypergrad._common import HypergradResult
 from oodpl.core.hypergrad._params import Params
 from oodpl.core.hypergrad.dispatch import METHODS, hypergradient
@@ -17,6 +18,7 @@ __all__ = [
     "METHODS",
     "HypergradResult",
     "Params",
+    "SeparableInnerLoss",
     "first_order_hypergradient",
     "hypergradient",
     "implicit_hypergradient",

@@ -20,6 +20,7 @@ from torch import Tensor
 from oodpl.core.hypergrad._params import Params, add, detach, dot, leaf_copy, norm, zeros_like
 
 InnerLoss = Callable[[Params, Params, Any], Tensor]
+Features = Tensor | None  # a_k of a SeparableInnerLoss (None for a plain inner loss)
 OuterLoss = Callable[[Params, Any], Tensor]
 
 
@@ -27,6 +28,41 @@ class InnerGradients(NamedTuple):
     loss: float
     theta: Params
     phi: Params | None
+
+
+class SeparableInnerLoss:
+    """An inner loss in which ``φ`` enters only through per-batch features (METHODS §3)::
+
+        L_in(θ, φ; batch) = loss(θ, a, batch),   a = features(φ, batch)   (a Tensor)
+
+    e.g. [OODPL] Eq. 10: ``a = r_φ(x, y)`` (the reward model's scores of the support batch) and
+    ``loss`` the reward-weighted regression of the policy. Calling it is the plain
+    ``inner_loss(θ, φ, batch)`` of the contract, so every method accepts it; the iterative methods
+    (unrolled, truncated, first-order) use the split by the chain rule::
+
+        J_kᵀ v = ∇_φ <∇_θ L_in(θ^k, φ), v> = (∂a_k/∂φ)ᵀ c_k,   c_k = ∂_a <∇_θ loss(θ^k, a_k), v>
+
+    ``a_k`` is computed once per inner batch without a graph (the inner steps and the reverse
+    pass reuse it; ``φ`` is constant during one hypergradient), ``H_k v`` and ``c_k`` come from
+    derivatives of ``loss`` w.r.t. ``(θ, a)`` only, and ``c_k`` is pulled back to ``φ`` by one
+    first-order vector-Jacobian product of ``features`` per step. The finite-difference method
+    thus evaluates ``features`` once per step instead of at both ``θ ± εv``.
+    """
+
+    def __init__(
+        self,
+        features: Callable[[Params, Any], Tensor],
+        loss: Callable[[Params, Tensor, Any], Tensor],
+    ) -> None:
+        if not callable(features):
+            raise TypeError(f"features must be callable, got {type(features).__name__}")
+        if not callable(loss):
+            raise TypeError(f"loss must be callable, got {type(loss).__name__}")
+        self.features = features
+        self.loss = loss
+
+    def __call__(self, theta: Params, phi: Params, batch: Any) -> Tensor:
+        return self.loss(theta, self.features(phi, batch), batch)
 
 
 class SecondOrderProducts(NamedTuple):
@@ -123,6 +159,87 @@ def outer_gradient(
     return float(loss.detach()), grad
 
 
+class StepGraph:
+    """One inner step's differentiable gradient ``∇_θ L_in(θ^k, φ)`` (``create_graph=True``).
+
+    Built by :func:`step_graph` (generic loss: leaves ``θ`` and, for the mixed product, ``φ``)
+    or :func:`separable_step_graph` (leaves ``θ`` and the features ``a``); consumed once by
+    :meth:`products`, which frees it. The inner loop's last step builds it to take its SGD step
+    and the reverse pass reuses it, so that step's forward is not recomputed.
+    """
+
+    def __init__(
+        self,
+        loss: Tensor,
+        theta: Params,
+        grads: list[Tensor],
+        phi: Params | None,
+        features: Tensor | None,
+        separable: SeparableInnerLoss | None,
+        batch: Any,
+        where: str,
+    ) -> None:
+        self.loss_value = float(loss.detach())
+        self.theta, self.grads, self.phi = theta, grads, phi
+        self.features, self.separable, self.batch, self.where = features, separable, batch, where
+
+    def gradient(self) -> Params:
+        """``∇_θ L_in`` (detached)."""
+        return {k: g.detach() for k, g in zip(self.theta, self.grads, strict=True)}
+
+    def products(
+        self, vector: Params, phi: Params, *, want_hvp: bool = True, want_mixed: bool = True
+    ) -> SecondOrderProducts:
+        """``H v`` and ``J ᵀv`` from ONE ``autograd.grad`` of ``<∇_θ L_in, v>`` over ``θ`` and the
+        ``φ`` side together (``φ``, or ``a`` followed by ``(∂a/∂φ)ᵀ c``); frees the graph."""
+        first = self.theta if want_hvp else {}
+        if self.separable is not None:
+            assert self.features is not None
+            second: list[Tensor] = [self.features] if want_mixed else []
+        else:
+            second = list(self.phi.values()) if want_mixed and self.phi is not None else []
+        with torch.enable_grad():
+            inner = dot(
+                dict(zip(self.theta, self.grads, strict=True)),
+                {k: v.detach() for k, v in vector.items()},
+            )
+            grads = _grads(inner, [*first.values(), *second])
+        self.grads = []  # free the graph
+        n = len(first)
+        hvp = {k: g.detach() for k, g in zip(first, grads[:n], strict=True)}
+        if not want_hvp:
+            hvp = {k: torch.zeros_like(v) for k, v in self.theta.items()}
+        if not want_mixed:
+            mixed = zeros_like(detach(phi))
+        elif self.separable is not None:
+            cotangent = grads[n].detach()
+            mixed = features_vjp(self.separable, phi, self.batch, cotangent, where=self.where)
+        else:
+            assert self.phi is not None
+            mixed = {k: g.detach() for k, g in zip(self.phi, grads[n:], strict=True)}
+        return SecondOrderProducts(hvp, mixed)
+
+
+def step_graph(
+    inner_loss: InnerLoss,
+    theta: Params,
+    phi: Params,
+    batch: Any,
+    *,
+    want_mixed: bool = True,
+    where: str = "",
+) -> StepGraph:
+    """Forward ``L_in(θ, φ)`` and ``∇_θ L_in`` with ``create_graph=True`` (checked twice
+    differentiable); ``φ`` is a leaf only if the mixed product is wanted."""
+    with torch.enable_grad():
+        th = leaf_copy(theta)
+        ph = leaf_copy(phi) if want_mixed else detach(phi)
+        loss = scalar_loss(inner_loss(th, ph, batch), "inner_loss", where)
+        g_list = _grads(loss, list(th.values()), create_graph=True)
+        _check_twice_differentiable(g_list, where)
+    return StepGraph(loss, th, g_list, ph if want_mixed else None, None, None, batch, where)
+
+
 def second_order_products(
     inner_loss: InnerLoss,
     theta: Params,
@@ -140,22 +257,8 @@ def second_order_products(
     with respect to ``θ`` and ``φ`` gives both products at once (METHODS §3, Prop. 1).
     Products not requested are returned as zeros without extra work.
     """
-    with torch.enable_grad():
-        th = leaf_copy(theta)
-        ph = leaf_copy(phi) if want_mixed else detach(phi)
-        loss = scalar_loss(inner_loss(th, ph, batch), "inner_loss", where)
-        g_list = _grads(loss, list(th.values()), create_graph=True)
-        _check_twice_differentiable(g_list, where)
-        g_theta = dict(zip(th, g_list, strict=True))
-        inner = dot(g_theta, {k: v.detach() for k, v in vector.items()})
-        first = th if want_hvp else {}
-        second = ph if want_mixed else {}
-        hvp, mixed = _split(_grads(inner, [*first.values(), *second.values()]), first, second)
-    if not want_hvp:
-        hvp = zeros_like(detach(theta))
-    if not want_mixed:
-        mixed = zeros_like(detach(phi))
-    return SecondOrderProducts(hvp, mixed)
+    graph = step_graph(inner_loss, theta, phi, batch, want_mixed=want_mixed, where=where)
+    return graph.products(vector, phi, want_hvp=want_hvp, want_mixed=want_mixed)
 
 
 def finite_difference_products(
@@ -191,4 +294,140 @@ def finite_difference_products(
     factor = 1.0 / (2.0 * eps)
     hvp = {k: (plus.theta[k] - minus.theta[k]) * factor for k in theta}
     mixed = {k: (plus.phi[k] - minus.phi[k]) * factor for k in phi}
+    return SecondOrderProducts(hvp, mixed)
+
+
+# --- separable inner losses (φ only through features a = f(φ, batch)) --------------------------
+
+
+def batch_features(
+    inner_loss: SeparableInnerLoss, phi: Params, batch: Any, *, where: str = ""
+) -> Tensor:
+    """``a = features(φ, batch)`` without a graph (``φ`` is a constant of the inner steps)."""
+    with torch.no_grad():
+        value = inner_loss.features(detach(phi), batch)
+    if not isinstance(value, Tensor) or not value.is_floating_point():
+        kind = type(value).__name__ if not isinstance(value, Tensor) else str(value.dtype)
+        raise TypeError(f"features must return a floating-point torch.Tensor, got {kind} ({where})")
+    if not bool(torch.isfinite(value).all()):
+        raise FloatingPointError(f"features returned non-finite values ({where})")
+    return value.detach()
+
+
+def separable_gradients(
+    inner_loss: SeparableInnerLoss,
+    theta: Params,
+    features: Tensor,
+    batch: Any,
+    *,
+    wrt_features: bool = False,
+    where: str = "",
+) -> tuple[float, Params, Tensor | None]:
+    """``loss(θ, a)``, ``∇_θ loss`` and (if ``wrt_features``) ``∇_a loss``: one backward pass."""
+    with torch.enable_grad():
+        th = leaf_copy(theta)
+        a = features.detach().requires_grad_(wrt_features)
+        loss = scalar_loss(inner_loss.loss(th, a, batch), "inner_loss", where)
+        grads = _grads(loss, [*th.values(), *([a] if wrt_features else [])])
+    g_theta = {k: g.detach() for k, g in zip(th, grads, strict=False)}
+    return float(loss.detach()), g_theta, grads[-1].detach() if wrt_features else None
+
+
+def features_vjp(
+    inner_loss: SeparableInnerLoss,
+    phi: Params,
+    batch: Any,
+    cotangent: Tensor,
+    *,
+    where: str = "",
+) -> Params:
+    """``(∂a/∂φ)ᵀ c`` with ``a = features(φ, batch)``: one forward and backward of ``features``."""
+    with torch.enable_grad():
+        ph = leaf_copy(phi)
+        value = inner_loss.features(ph, batch)
+        if not isinstance(value, Tensor) or value.shape != cotangent.shape:
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(
+                f"features returned {shape}, expected shape {tuple(cotangent.shape)} "
+                f"as in the inner steps ({where})"
+            )
+        total = torch.sum(value * cotangent.detach().to(value.dtype))
+        mixed, _ = _split(_grads(total, list(ph.values())), ph, {})
+    return mixed
+
+
+def separable_step_graph(
+    inner_loss: SeparableInnerLoss,
+    theta: Params,
+    features: Tensor,
+    batch: Any,
+    *,
+    where: str = "",
+) -> StepGraph:
+    """:func:`step_graph` for a :class:`SeparableInnerLoss`: leaves ``θ`` and ``a``."""
+    with torch.enable_grad():
+        th = leaf_copy(theta)
+        a = features.detach().requires_grad_(True)
+        loss = scalar_loss(inner_loss.loss(th, a, batch), "inner_loss", where)
+        g_list = _grads(loss, list(th.values()), create_graph=True)
+        _check_twice_differentiable(g_list, where)
+    return StepGraph(loss, th, g_list, None, a, inner_loss, batch, where)
+
+
+def separable_second_order_products(
+    inner_loss: SeparableInnerLoss,
+    theta: Params,
+    phi: Params,
+    features: Tensor,
+    batch: Any,
+    vector: Params,
+    *,
+    want_hvp: bool = True,
+    where: str = "",
+) -> SecondOrderProducts:
+    """:func:`second_order_products` for a :class:`SeparableInnerLoss`.
+
+    One double backward of ``loss(θ, a)`` gives ``H v`` and ``c = ∂_a <∇_θ loss, v>`` in ONE
+    ``autograd.grad`` call over ``(θ, a)``; then ``J ᵀv = (∂a/∂φ)ᵀ c`` (:func:`features_vjp`).
+    Equal to the generic path up to round-off (same chain rule, evaluated in another order).
+    """
+    graph = separable_step_graph(inner_loss, theta, features, batch, where=where)
+    return graph.products(vector, phi, want_hvp=want_hvp)
+
+
+def separable_finite_difference_products(
+    inner_loss: SeparableInnerLoss,
+    theta: Params,
+    phi: Params,
+    features: Tensor,
+    batch: Any,
+    vector: Params,
+    *,
+    radius: float,
+    where: str = "",
+) -> SecondOrderProducts:
+    """:func:`finite_difference_products` for a :class:`SeparableInnerLoss`.
+
+    ``H v ≈ [∇_θ loss(θ+εv, a) − ∇_θ loss(θ−εv, a)]/2ε`` and
+    ``J ᵀv ≈ (∂a/∂φ)ᵀ [∇_a loss(θ+εv, a) − ∇_a loss(θ−εv, a)]/2ε`` (``ε = R/‖v‖``): the same
+    central differences as the generic path (the difference of ``∇_φ`` is linear in the
+    cotangent), with ``a`` evaluated once and one vector-Jacobian product of ``features``
+    instead of a differentiated ``features`` forward at each of ``θ ± εv``.
+    """
+    size = float(norm(vector))
+    if size == 0.0:
+        return SecondOrderProducts(zeros_like(detach(theta)), zeros_like(detach(phi)))
+    if not math.isfinite(size):
+        raise FloatingPointError(f"non-finite vector in a finite-difference product ({where})")
+    eps = radius / size
+    _, plus_theta, plus_a = separable_gradients(
+        inner_loss, add(theta, vector, eps), features, batch, wrt_features=True, where=where
+    )
+    _, minus_theta, minus_a = separable_gradients(
+        inner_loss, add(theta, vector, -eps), features, batch, wrt_features=True, where=where
+    )
+    assert plus_a is not None and minus_a is not None
+    factor = 1.0 / (2.0 * eps)
+    hvp = {k: (plus_theta[k] - minus_theta[k]) * factor for k in theta}
+    mixed = features_vjp(inner_loss, phi, batch, (plus_a - minus_a) * factor, where=where)
     return SecondOrderProducts(hvp, mixed)

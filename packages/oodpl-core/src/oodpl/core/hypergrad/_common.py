@@ -5,11 +5,22 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import Tensor
 
-from oodpl.core.hypergrad._autodiff import InnerLoss, OuterLoss, inner_gradients
+from oodpl.core.hypergrad._autodiff import (
+    Features,
+    InnerLoss,
+    OuterLoss,
+    SeparableInnerLoss,
+    StepGraph,
+    batch_features,
+    inner_gradients,
+    separable_gradients,
+    separable_step_graph,
+    step_graph,
+)
 from oodpl.core.hypergrad._params import (
     Params,
     all_finite,
@@ -83,31 +94,63 @@ def check_inputs(
     return CheckedInputs(inner_loss, outer_loss, theta_checked, phi_checked, batches, rate)  # type: ignore[arg-type]
 
 
-def unroll(
-    inputs: CheckedInputs, *, keep_last: int = 0
-) -> tuple[Params, list[Params], list[float]]:
+class Unrolled(NamedTuple):
+    """The inner steps: ``θ^K``, the last kept iterates, their features, ``L_in(θ^k)``."""
+
+    theta: Params
+    iterates: list[Params]
+    features: list[Features]
+    inner_losses: list[float]
+    last_graph: StepGraph | None = None
+
+
+def unroll(inputs: CheckedInputs, *, keep_last: int = 0, last_graph: bool = False) -> Unrolled:
     """Run the K inner SGD steps ``θ^{k+1} = θ^k − α ∇_θ L_in(θ^k; φ, batch_k)`` without graphs.
 
-    Returns ``(θ^K, iterates, inner_losses)`` where ``iterates`` holds the last ``keep_last``
-    iterates ``θ^{K-keep_last} .. θ^{K-1}`` (detached; LoRA-sized, the only memory that grows
-    with K) and ``inner_losses[k] = L_in(θ^k)``.
+    ``iterates`` holds the last ``keep_last`` iterates ``θ^{K-keep_last} .. θ^{K-1}`` (detached;
+    LoRA-sized, the only memory that grows with K) and ``inner_losses[k] = L_in(θ^k)``. For a
+    :class:`SeparableInnerLoss`, ``a_k = features(φ, batch_k)`` is computed once per step (no
+    graph) and the kept steps' ``a_k`` are returned in ``features`` for the reverse pass (one
+    small tensor per step); otherwise ``features`` holds ``None``. With ``last_graph`` the last
+    step's gradient is taken with ``create_graph=True`` and returned as ``last_graph`` (a
+    :class:`StepGraph`) for the reverse pass to reuse: one step's graph, whatever K.
     """
     theta = detach(inputs.theta0)
     phi = detach(inputs.phi)
-    iterates: deque[Params] = deque(maxlen=keep_last if keep_last > 0 else 0)
+    loss_fn = inputs.inner_loss
+    graph: StepGraph | None = None
+    separable = isinstance(loss_fn, SeparableInnerLoss)
+    maxlen = keep_last if keep_last > 0 else 0
+    iterates: deque[Params] = deque(maxlen=maxlen)
+    kept_features: deque[Features] = deque(maxlen=maxlen)
     losses: list[float] = []
     for step, batch in enumerate(inputs.inner_batches):
+        where = f"inner step {step}"
+        features: Features = None
+        if separable:
+            features = batch_features(loss_fn, phi, batch, where=where)  # type: ignore[arg-type]
+        if last_graph and step == len(inputs.inner_batches) - 1:
+            if separable:
+                graph = separable_step_graph(loss_fn, theta, features, batch, where=where)  # type: ignore[arg-type]
+            else:
+                graph = step_graph(loss_fn, theta, phi, batch, where=where)
+            loss, grad = graph.loss_value, graph.gradient()
+        elif separable:
+            loss, grad, _ = separable_gradients(loss_fn, theta, features, batch, where=where)  # type: ignore[arg-type]
+        else:
+            grads = inner_gradients(loss_fn, theta, phi, batch, where=where)
+            loss, grad = grads.loss, grads.theta
         if keep_last > 0:
             iterates.append(theta)
-        grads = inner_gradients(inputs.inner_loss, theta, phi, batch, where=f"inner step {step}")
-        losses.append(grads.loss)
-        theta = {k: theta[k] - inputs.lr * grads.theta[k] for k in theta}
+            kept_features.append(features)
+        losses.append(loss)
+        theta = {k: theta[k] - inputs.lr * grad[k] for k in theta}
         if not all_finite(theta):
             raise FloatingPointError(
                 f"inner iterate became non-finite at inner step {step} (lr={inputs.lr}); "
                 "lower lr or check inner_loss"
             )
-    return theta, list(iterates), losses
+    return Unrolled(theta, list(iterates), list(kept_features), losses, graph)
 
 
 def make_result(

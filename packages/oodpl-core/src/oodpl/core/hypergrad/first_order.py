@@ -18,7 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from oodpl.core.hypergrad._autodiff import finite_difference_products
+from oodpl.core.hypergrad._autodiff import (
+    Features,
+    SeparableInnerLoss,
+    finite_difference_products,
+    separable_finite_difference_products,
+)
 from oodpl.core.hypergrad._common import CheckedInputs, HypergradResult, check_inputs
 from oodpl.core.hypergrad._params import Params, check_positive, detach
 from oodpl.core.hypergrad.truncated import check_truncate
@@ -29,18 +34,16 @@ __all__ = ["first_order_hypergradient"]
 
 def _finite_difference_products(inputs: CheckedInputs, radius: float) -> ProductFunction:
     phi = detach(inputs.phi)
+    loss = inputs.inner_loss
 
-    def products(theta: Params, batch: Any, v: Params, step: int, need_hvp: bool):
-        del need_hvp  # both products come from the same two gradient evaluations
-        return finite_difference_products(
-            inputs.inner_loss,
-            theta,
-            phi,
-            batch,
-            v,
-            radius=radius,
-            where=f"reverse pass, inner step {step}",
-        )
+    def products(theta: Params, features: Features, batch: Any, v: Params, step: int, hvp: bool):
+        del hvp  # both products come from the same two gradient evaluations
+        where = f"reverse pass, inner step {step}"
+        if isinstance(loss, SeparableInnerLoss) and features is not None:
+            return separable_finite_difference_products(
+                loss, theta, phi, features, batch, v, radius=radius, where=where
+            )
+        return finite_difference_products(loss, theta, phi, batch, v, radius=radius, where=where)
 
     return products
 

@@ -8,7 +8,10 @@ With ``θ^{k+1} = θ^k − α ∇_θ L_in(θ^k, φ; batch_k)``, ``H_k = ∇²_θ
 computed by the reverse recurrence ``v = ∇_θ L_out(θ^K)``, ``g = 0``; for ``k = K−1 … 0``:
 ``g −= α J_kᵀ v``; ``v −= α H_k v``. Only the (detached) iterates are kept; each step's graph is
 rebuilt, used for one Hessian/mixed product, and freed, so memory is
-``O(K · |θ|)`` for the iterates plus ONE step's activations.
+``O(K · |θ|)`` for the iterates plus ONE step's activations. With a
+:class:`~oodpl.core.hypergrad._autodiff.SeparableInnerLoss` the features ``a_k`` of the forward
+sweep are reused, ``H_k v`` and ``c_k = ∂_a <∇_θ L_in, v>`` come from one double backward over
+``(θ, a)``, and ``J_kᵀ v = (∂a_k/∂φ)ᵀ c_k`` from one first-order pass through ``features``.
 """
 
 from __future__ import annotations
@@ -17,9 +20,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from oodpl.core.hypergrad._autodiff import (
+    Features,
     SecondOrderProducts,
+    SeparableInnerLoss,
+    StepGraph,
     outer_gradient,
     second_order_products,
+    separable_second_order_products,
 )
 from oodpl.core.hypergrad._common import (
     CheckedInputs,
@@ -31,37 +38,55 @@ from oodpl.core.hypergrad._common import (
 from oodpl.core.hypergrad._params import Params, detach, zeros_like
 
 __all__ = [
+    "ExactProducts",
     "exact_products",
     "iterative_hypergradient",
     "reverse_recurrence",
     "unrolled_hypergradient",
 ]
 
-# products(theta_k, batch_k, v, step, need_hvp) -> (H_k v, J_kᵀ v)
-ProductFunction = Callable[[Params, Any, Params, int, bool], SecondOrderProducts]
+# products(theta_k, a_k, batch_k, v, step, need_hvp) -> (H_k v, J_kᵀ v); a_k: the features of a
+# SeparableInnerLoss at step k (None otherwise)
+ProductFunction = Callable[[Params, Features, Any, Params, int, bool], SecondOrderProducts]
+
+
+class ExactProducts:
+    """Exact Hessian- and mixed-vector products by double backward (one step's graph at a time).
+
+    The last inner step's graph is built by the inner loop itself (``unroll(last_graph=True)``)
+    and handed over through :attr:`pending`, so the reverse pass rebuilds only ``T − 1`` steps.
+    """
+
+    def __init__(self, inputs: CheckedInputs) -> None:
+        self.phi = detach(inputs.phi)
+        self.loss = inputs.inner_loss
+        self.pending: dict[int, StepGraph] = {}
+
+    def __call__(
+        self, theta: Params, features: Features, batch: Any, v: Params, step: int, hvp: bool
+    ) -> SecondOrderProducts:
+        graph = self.pending.pop(step, None)
+        if graph is not None:
+            return graph.products(v, self.phi, want_hvp=hvp)
+        where = f"reverse pass, inner step {step}"
+        if isinstance(self.loss, SeparableInnerLoss) and features is not None:
+            return separable_second_order_products(
+                self.loss, theta, self.phi, features, batch, v, want_hvp=hvp, where=where
+            )
+        return second_order_products(
+            self.loss, theta, self.phi, batch, v, want_hvp=hvp, where=where
+        )
 
 
 def exact_products(inputs: CheckedInputs) -> ProductFunction:
-    """Exact Hessian- and mixed-vector products by double backward (one step's graph at a time)."""
-    phi = detach(inputs.phi)
-
-    def products(theta: Params, batch: Any, v: Params, step: int, need_hvp: bool):
-        return second_order_products(
-            inputs.inner_loss,
-            theta,
-            phi,
-            batch,
-            v,
-            want_hvp=need_hvp,
-            where=f"reverse pass, inner step {step}",
-        )
-
-    return products
+    """Exact Hessian- and mixed-vector products by double backward (see :class:`ExactProducts`)."""
+    return ExactProducts(inputs)
 
 
 def reverse_recurrence(
     products: ProductFunction,
     iterates: Sequence[Params],
+    features: Sequence[Features],
     batches: Sequence[Any],
     phi: Params,
     v: Params,
@@ -69,14 +94,14 @@ def reverse_recurrence(
 ) -> Params:
     """``g = −α Σ_k J_kᵀ Π_{j>k}(I − αH_j) v`` over the given (last T) iterates.
 
-    ``iterates[i]`` and ``batches[i]`` are step ``k = K − T + i``; ``v`` is ``∇_θ L_out(θ^K)``.
+    ``iterates[i]`` and ``features[i]`` are step ``k = K − T + i``; ``v`` is ``∇_θ L_out(θ^K)``.
     The last ``H v`` (at the earliest step) is skipped: it does not enter ``g``.
     """
     grad = zeros_like(detach(phi))
     first = len(batches) - len(iterates)
     for i in reversed(range(len(iterates))):
         step = first + i
-        prod = products(iterates[i], batches[step], v, step, i > 0)
+        prod = products(iterates[i], features[i], batches[step], v, step, i > 0)
         grad = {k: grad[k] - lr * prod.mixed[k] for k in grad}
         if i > 0:
             v = {k: v[k] - lr * prod.hvp[k] for k in v}
@@ -90,9 +115,15 @@ def iterative_hypergradient(
     products: ProductFunction,
     method: str,
 ) -> HypergradResult:
-    theta_k, iterates, inner_losses = unroll(inputs, keep_last=truncate)
+    reuse = isinstance(products, ExactProducts)
+    unrolled = unroll(inputs, keep_last=truncate, last_graph=reuse)
+    theta_k, iterates, features, inner_losses, last_graph = unrolled
+    if reuse and last_graph is not None:
+        products.pending[len(inputs.inner_batches) - 1] = last_graph  # type: ignore[attr-defined]
+    del unrolled, last_graph
     outer_loss, v = outer_gradient(inputs.outer_loss, theta_k, outer_batch, where="at θ^K")
-    grad = reverse_recurrence(products, iterates, inputs.inner_batches, inputs.phi, v, inputs.lr)
+    batches = inputs.inner_batches
+    grad = reverse_recurrence(products, iterates, features, batches, inputs.phi, v, inputs.lr)
     details = {"inner_steps": float(len(inputs.inner_batches)), "truncate": float(truncate)}
     return make_result(grad, theta_k, inner_losses, outer_loss, method, details)
 

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from oodpl.core.bilevel import DomainData, MetaStepRecord, meta_train
-from oodpl.core.hypergrad import METHODS
+from oodpl.core.hypergrad import METHODS, SeparableInnerLoss
 from oodpl.core.losses import (
     RWR_WEIGHTINGS,
     policy_preference_loss,
@@ -165,15 +165,27 @@ class BilevelObjective:
     ``outer_loss(θ, pair_batch)`` is ``L_out`` ([OODPL] Eq. 6–7). ``θ``/``φ`` are dicts keyed
     like ``policy.trainable_parameters()`` / ``reward_model.trainable_parameters()`` (any
     subset); the models' other parameters are used as they are.
+
+    ``inner_loss`` is a :class:`~oodpl.core.hypergrad.SeparableInnerLoss`: ``φ`` enters ``L_in``
+    only through the support rewards ``r_φ(x, y)`` (:meth:`support_rewards`), so the
+    hypergradient scores each support batch once and pulls the weights' derivative back through
+    the reward model with one first-order pass per inner step (METHODS §3).
     """
 
     def __init__(self, policy: Policy, reward_model: RewardModel, config: MetaTrainConfig):
         self.policy = policy
         self.reward_model = reward_model
         self.config = config
+        self.inner_loss = SeparableInnerLoss(self.support_rewards, self.weighted_regression_loss)
 
-    def inner_loss(self, theta: Params, phi: Params, batch: Mapping[str, Any]) -> torch.Tensor:
-        rewards = self.reward_model.functional_rewards(phi, batch["reward"])
+    def support_rewards(self, phi: Params, batch: Mapping[str, Any]) -> torch.Tensor:
+        """``r_φ(x, y)`` of a support batch (the features of ``L_in`` that depend on ``φ``)."""
+        return self.reward_model.functional_rewards(phi, batch["reward"])
+
+    def weighted_regression_loss(
+        self, theta: Params, rewards: torch.Tensor, batch: Mapping[str, Any]
+    ) -> torch.Tensor:
+        """``L_in(θ)`` given the support rewards ([OODPL] Eq. 10)."""
         logps, n_tokens = self.policy.functional_sequence_logps(theta, batch["policy"])
         return reward_weighted_regression_loss(
             logps,

@@ -1,0 +1,187 @@
+"""Separable inner losses (``φ`` only through per-batch features) and the reused last-step graph.
+
+``SeparableInnerLoss(features, loss)`` is the same function as ``loss(θ, features(φ, b), b)``,
+so every method must give the same hypergradient through the split (chain-rule) path as through
+the generic one, to round-off in float64; the exact methods must still equal full-graph
+autograd through all K steps (the inner loop's last step now builds the graph the reverse pass
+starts from).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from oodpl.core.hypergrad import SeparableInnerLoss, hypergradient, unrolled_hypergradient
+from oodpl.core.hypergrad import _params as P
+from oodpl.core.losses import policy_preference_loss, reward_weighted_regression_loss
+
+DT = torch.float64
+N_PROMPTS, N_CAND, D_POLICY, D_REWARD = 10, 4, 5, 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def make_problem(seed: int = 0):
+    """Softmax policy over candidates, linear reward ``r_φ``, reward-weighted regression inner
+    loss (+ proximal term) and Bradley-Terry outer loss, as in test_hypergrad_policy."""
+    gen = torch.Generator().manual_seed(seed)
+    feats = torch.randn(N_PROMPTS, N_CAND, D_POLICY, generator=gen, dtype=DT)
+    rfeats = torch.randn(N_PROMPTS, N_CAND, D_REWARD, generator=gen, dtype=DT)
+    lengths = torch.randint(1, 6, (N_PROMPTS, N_CAND), generator=gen)
+    theta0 = {
+        "w": 0.3 * torch.randn(D_POLICY, generator=gen, dtype=DT),
+        "log_temp": torch.tensor(0.1, dtype=DT),
+    }
+    phi = {
+        "r": torch.randn(D_REWARD, generator=gen, dtype=DT),
+        "bias": torch.tensor(0.3, dtype=DT),
+        "unused": torch.randn(2, 2, generator=gen, dtype=DT),
+    }
+
+    def logps(theta, prompts, cands):
+        logits = (feats[prompts] @ theta["w"]) * torch.exp(theta["log_temp"])
+        per_token = torch.log_softmax(logits, -1).gather(-1, cands[:, None]).squeeze(-1)
+        n_tok = lengths[prompts, cands]
+        return per_token * n_tok, n_tok
+
+    def features(phi_, batch):
+        prompts, cands = batch
+        return rfeats[prompts, cands] @ phi_["r"] + phi_["bias"]
+
+    def loss(theta, rewards, batch):
+        lp, n_tok = logps(theta, *batch)
+        prox = sum(torch.sum((theta[k] - theta0[k]) ** 2) for k in theta)
+        return reward_weighted_regression_loss(lp, n_tok, rewards, beta=0.5) + 0.05 * prox
+
+    def outer_loss(theta, batch):
+        prompts, chosen, rejected = batch
+        return policy_preference_loss(
+            *logps(theta, prompts, chosen), *logps(theta, prompts, rejected)
+        )
+
+    batches = [
+        (
+            torch.randint(0, N_PROMPTS, (6,), generator=gen),
+            torch.randint(0, N_CAND, (6,), generator=gen),
+        )
+        for _ in range(4)
+    ]
+    chosen = torch.randint(0, N_CAND, (N_PROMPTS,), generator=gen)
+    rejected = (chosen + torch.randint(1, N_CAND, (N_PROMPTS,), generator=gen)) % N_CAND
+    outer_batch = (torch.arange(N_PROMPTS), chosen, rejected)
+    return features, loss, outer_loss, theta0, phi, batches, outer_batch
+
+
+def full_graph(inner_loss, outer_loss, theta0, phi, batches, outer_batch, lr):
+    """Plain autograd through all K steps (the reference the reverse recurrence must match)."""
+    ph = {k: v.detach().requires_grad_(True) for k, v in phi.items()}
+    theta = {k: v.detach().requires_grad_(True) for k, v in theta0.items()}
+    for batch in batches:
+        grads = torch.autograd.grad(
+            inner_loss(theta, ph, batch), list(theta.values()), create_graph=True
+        )
+        theta = {k: theta[k] - lr * g for k, g in zip(theta, grads, strict=True)}
+    grads = torch.autograd.grad(
+        outer_loss(theta, outer_batch), list(ph.values()), allow_unused=True
+    )
+    return {k: torch.zeros_like(ph[k]) if g is None else g for k, g in zip(ph, grads, strict=True)}
+
+
+def rel_err(a, b):
+    return float(P.norm(P.sub(a, b))) / float(P.norm(b))
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "tol"),
+    [
+        ("unrolled", {}, 1e-10),
+        ("truncated", {"truncate": 2}, 1e-10),
+        ("first_order", {"radius": 1e-3}, 1e-9),
+        ("first_order", {"radius": 1e-3, "truncate": 1}, 1e-9),
+        ("neumann", {"terms": 3}, 1e-10),
+        ("cg", {"terms": 2}, 1e-10),
+    ],
+)
+def test_separable_path_equals_the_generic_path(method, options, tol):
+    features, loss, outer, theta0, phi, batches, outer_batch = make_problem()
+    separable = SeparableInnerLoss(features, loss)
+
+    def generic(theta, phi_, batch):  # the same function, seen as an opaque callable
+        return loss(theta, features(phi_, batch), batch)
+
+    args = (theta0, phi, batches, outer_batch)
+    fast = hypergradient(separable, outer, *args, lr=0.4, method=method, **options)
+    slow = hypergradient(generic, outer, *args, lr=0.4, method=method, **options)
+    assert rel_err(fast.grad, slow.grad) < tol, method
+    assert torch.equal(fast.grad["unused"], torch.zeros(2, 2, dtype=DT))
+    assert fast.inner_losses == pytest.approx(slow.inner_losses, rel=1e-13)
+    assert fast.outer_loss == pytest.approx(slow.outer_loss, rel=1e-13)
+    for key in theta0:
+        torch.testing.assert_close(fast.theta[key], slow.theta[key], rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("separable", [True, False])
+def test_exact_methods_equal_full_graph_autograd(separable):
+    """Reverse recurrence (last step's graph from the inner loop, the others rebuilt) ==
+    autograd through the whole unrolled graph, for K = 1 and K = 4."""
+    features, loss, outer, theta0, phi, batches, outer_batch = make_problem(1)
+    separable_loss = SeparableInnerLoss(features, loss)
+    inner = separable_loss if separable else (lambda t, p, b: separable_loss(t, p, b))
+    for k in (1, 4):
+        exact = unrolled_hypergradient(inner, outer, theta0, phi, batches[:k], outer_batch, lr=0.4)
+        reference = full_graph(separable_loss, outer, theta0, phi, batches[:k], outer_batch, 0.4)
+        assert rel_err(exact.grad, reference) < 1e-11, k
+        assert exact.grad_norm > 0
+
+
+def test_separable_cost_model():
+    """features: once per inner step in the inner loop (no graph) + one vector-Jacobian product
+    per reverse step; loss: K + (T − 1) for the exact methods (the last step's graph is reused),
+    K + 2K for first-order."""
+    features, loss, outer, theta0, phi, batches, outer_batch = make_problem(2)
+    counts = {"features": 0, "loss": 0}
+
+    def counted_features(phi_, batch):
+        counts["features"] += 1
+        return features(phi_, batch)
+
+    def counted_loss(theta, rewards, batch):
+        counts["loss"] += 1
+        return loss(theta, rewards, batch)
+
+    inner = SeparableInnerLoss(counted_features, counted_loss)
+    expected = {
+        ("unrolled", ()): (4 + 4, 4 + 3),
+        ("truncated", (("truncate", 2),)): (4 + 2, 4 + 1),
+        ("first_order", ()): (4 + 4, 4 + 2 * 4),
+    }
+    for (method, options), (n_features, n_loss) in expected.items():
+        counts.update(features=0, loss=0)
+        hypergradient(
+            inner, outer, theta0, phi, batches, outer_batch, lr=0.4, method=method, **dict(options)
+        )
+        assert counts == {"features": n_features, "loss": n_loss}, method
+
+
+def test_separable_inner_loss_checks_its_parts():
+    features, loss, outer, theta0, phi, batches, outer_batch = make_problem(3)
+    with pytest.raises(TypeError, match="features must be callable"):
+        SeparableInnerLoss(None, loss)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="loss must be callable"):
+        SeparableInnerLoss(features, 3)  # type: ignore[arg-type]
+    bad = SeparableInnerLoss(lambda p, b: [1.0], loss)
+    with pytest.raises(TypeError, match="features must return a floating-point"):
+        unrolled_hypergradient(bad, outer, theta0, phi, batches, outer_batch, lr=0.4)
+    nan = SeparableInnerLoss(lambda p, b: features(p, b) * float("nan"), loss)
+    with pytest.raises(FloatingPointError, match="features returned non-finite"):
+        unrolled_hypergradient(nan, outer, theta0, phi, batches, outer_batch, lr=0.4)
+    # calling it is the plain contract
+    value = SeparableInnerLoss(features, loss)(theta0, phi, batches[0])
+    assert torch.equal(value, loss(theta0, features(phi, batches[0]), batches[0]))
