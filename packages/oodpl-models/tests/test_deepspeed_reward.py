@@ -87,5 +87,11 @@ def test_two_process_reward_training_matches_single_process(
     # ... and the same reward function as the single-process torch run, to optimizer rounding.
     # (Weights are not compared one by one: the final LayerNorm bias shifts every reward equally,
     # cancels in r_w - r_l, has a zero true gradient, and Adam turns its rounding noise into
-    # lr-sized steps that differ between runs without changing any reward difference.)
-    torch.testing.assert_close(engine_rewards, single_process["probe"], rtol=1e-4, atol=1e-4)
+    # lr-sized steps that differ between runs without changing any reward difference. So reward
+    # differences are compared tightly and the common shift only to lr * steps * |w|.)
+    single = single_process["probe"]
+    print("probe 2-process - 1-process:", (engine_rewards - single).tolist())
+    torch.testing.assert_close(
+        engine_rewards - engine_rewards.mean(), single - single.mean(), rtol=1e-4, atol=1e-4
+    )
+    torch.testing.assert_close(engine_rewards, single, rtol=0, atol=2e-3)

@@ -39,6 +39,13 @@ response always keeps its beginning (a cut response loses its eos). seq2seq: the
 ``max_prompt_length`` (default ``max_length``) on ``truncation_side`` and the response to
 ``max_response_length`` (default ``max_length``) tokens.
 
+Tokenise once
+-------------
+``PreferenceCollator.tokenize(records)`` returns one :class:`TokenizedPreference` per record (the
+token lists after truncation, counted in the stats once); the collator accepts those in place of
+records and then only pads. Trainers tokenise their dataset once before the first step, so no
+step pays for tokenisation and every epoch reuses the same tokens.
+
 Bad input: an empty response (or one that tokenises to nothing) raises
 :class:`~oodpl.models.errors.RecordError` naming the record index and field; a tokenizer without a
 pad token pads with eos and warns (``missing_pad="eos"``, default; ``collator.pad_fallback_to_eos``
@@ -298,18 +305,63 @@ class CompletionCollator(_SequenceTokenizer):
         return self._collate(pairs)
 
 
-class PreferenceCollator(_SequenceTokenizer):
-    """``Preference`` records (or mappings with prompt/chosen/rejected) -> a pair batch."""
+TokenPair = tuple[list[int], list[int]]
+"""``(prompt_ids, response_ids)`` after truncation: bos included, appended eos included."""
 
-    def __call__(self, records: Sequence[Preference | Mapping[str, Any]]) -> Batch:
+
+@dataclass(frozen=True)
+class TokenizedPreference:
+    """One preference record tokenised by :meth:`PreferenceCollator.tokenize`.
+
+    Attributes:
+        chosen, rejected: ``(prompt_ids, response_ids)`` of ``x ⊕ y_w`` and ``x ⊕ y_l`` (the two
+            prompts differ only when truncation cut them differently).
+        index: position of the record in the sequence that was tokenised.
+    """
+
+    chosen: TokenPair
+    rejected: TokenPair
+    index: int = 0
+
+    def lengths(self) -> tuple[int, int]:
+        """Token counts of the two sequences (causal: prompt + response; seq2seq: response + 1)."""
+        return (
+            len(self.chosen[0]) + len(self.chosen[1]),
+            len(self.rejected[0]) + len(self.rejected[1]),
+        )
+
+
+class PreferenceCollator(_SequenceTokenizer):
+    """``Preference`` records (or mappings with prompt/chosen/rejected) -> a pair batch.
+
+    Also accepts :class:`TokenizedPreference` items from :meth:`tokenize` (then it only pads).
+    """
+
+    def tokenize(
+        self, records: Sequence[Preference | Mapping[str, Any]]
+    ) -> list[TokenizedPreference]:
+        """Tokenise and truncate every record once (errors name the record index)."""
         if not isinstance(records, Sequence) or isinstance(records, (str, bytes)) or not records:
             raise ValueError("records must be a non-empty sequence of Preference records")
-        chosen, rejected = [], []
+        out = []
         for index, record in enumerate(records):
+            if isinstance(record, TokenizedPreference):
+                out.append(record)
+                continue
             prompt = _field(record, index, "prompt")
-            for field, sink in (("chosen", chosen), ("rejected", rejected)):
-                response = _field(record, index, field)
-                sink.append(self._tokenize_pair(prompt, response, index, field))
+            chosen = self._tokenize_pair(prompt, _field(record, index, "chosen"), index, "chosen")
+            rejected = self._tokenize_pair(
+                prompt, _field(record, index, "rejected"), index, "rejected"
+            )
+            out.append(TokenizedPreference(chosen, rejected, index))
+        return out
+
+    def __call__(
+        self, records: Sequence[Preference | Mapping[str, Any] | TokenizedPreference]
+    ) -> Batch:
+        items = self.tokenize(records)
+        chosen = [item.chosen for item in items]
+        rejected = [item.rejected for item in items]
         halves = [self._collate(chosen), self._collate(rejected)]
         _equalise(halves, self.padding_side, self.pad_token_id)
         out: Batch = {}
@@ -361,6 +413,8 @@ __all__ = [
     "Batch",
     "CompletionCollator",
     "PreferenceCollator",
+    "TokenPair",
+    "TokenizedPreference",
     "TruncationStats",
     "concat_pair_batch",
     "is_pair_batch",

@@ -32,7 +32,13 @@ from typing import Any
 
 import torch
 
-from oodpl.models.collate import Batch, PreferenceCollator, concat_pair_batch, is_pair_batch
+from oodpl.models.collate import (
+    Batch,
+    PreferenceCollator,
+    TokenizedPreference,
+    concat_pair_batch,
+    is_pair_batch,
+)
 
 PACKED_KEYS = ("packed_input_ids", "packed_position_ids", "packed_response_mask", "cu_seqlens")
 
@@ -141,14 +147,77 @@ def block_diagonal_causal_mask(cu_seqlens: torch.Tensor) -> torch.Tensor:
     return (causal & same)[None, None]
 
 
+def pack_tokenized(items: Sequence[TokenizedPreference]) -> Batch:
+    """Pre-tokenised pairs (:meth:`PreferenceCollator.tokenize`) -> a packed batch, directly from
+    the token lists (no padded intermediate): the same tensors as
+    ``pack_pair_batch(collator(items))``."""
+    if not items:
+        raise ValueError("items is empty: need at least one TokenizedPreference")
+    sequences = [item.chosen for item in items] + [item.rejected for item in items]
+    ids: list[int] = []
+    positions: list[int] = []
+    response: list[int] = []
+    lengths: list[int] = []
+    for slot, (prompt, reply) in enumerate(sequences):
+        if not prompt:
+            pair = items[slot % len(items)]
+            raise ValueError(
+                f"record {pair.index}: a packed causal sequence needs at least one prompt token "
+                "(a response token cannot sit at position 0)"
+            )
+        length = len(prompt) + len(reply)
+        ids += prompt
+        ids += reply
+        positions += range(length)
+        response += [0] * len(prompt)
+        response += [1] * len(reply)
+        lengths.append(length)
+    cu_seqlens = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu_seqlens[1:] = torch.tensor(lengths, dtype=torch.int32).cumsum(0)
+    return {
+        "packed_input_ids": torch.tensor(ids, dtype=torch.long)[None, :],
+        "packed_position_ids": torch.tensor(positions, dtype=torch.long)[None, :],
+        "packed_response_mask": torch.tensor(response, dtype=torch.long)[None, :],
+        "cu_seqlens": cu_seqlens,
+        "n_pairs": torch.tensor(len(items), dtype=torch.long),
+    }
+
+
+def padding_fraction(items: Sequence[TokenizedPreference]) -> float:
+    """Share of a padded pair batch of ``items`` that would be padding:
+    ``1 − Σ_s L_s / (2B · max_s L_s)`` (both halves are padded to one width, see collate.py)."""
+    lengths = [n for item in items for n in item.lengths()]
+    return 1.0 - sum(lengths) / (len(lengths) * max(lengths))
+
+
+PACKING_MODES = ("auto", "always", "never")
+AUTO_PACKING_MIN_PADDING = 0.1
+"""``packing="auto"`` packs a batch when at least this share of its padded form is padding.
+
+Below it the padded batch is as fast or faster: one batched attention call per layer against one
+per sequence (measured on CPU, pythia-tiny, 8 pairs of 64 + 63 tokens: packed 1.0-1.2x the time
+of padded with no padding; 2-2.6x faster with responses of 32-512 tokens)."""
+
+
 class PackedPreferenceCollator:
-    """``PreferenceCollator`` then :func:`pack_pair_batch`: records -> one packed batch.
+    """Records (or :class:`TokenizedPreference` items) -> a packed batch (or, with
+    ``mode="auto"``, a padded pair batch when the batch has little padding).
 
     ``PackedPreferenceCollator(policy.preference_collator(**overrides))`` keeps the model's
     tokenisation and truncation settings; padding side does not matter (padding is dropped).
+    ``mode="always"`` packs every batch; ``"auto"`` packs when :func:`padding_fraction` of the
+    batch is at least ``min_padding`` (default :data:`AUTO_PACKING_MIN_PADDING`). Both forms give
+    the same per-pair results (to float rounding), see :mod:`oodpl.models.packed_forward`.
+    Counters ``n_packed`` / ``n_padded`` say how many batches took each form.
     """
 
-    def __init__(self, collator: PreferenceCollator) -> None:
+    def __init__(
+        self,
+        collator: PreferenceCollator,
+        *,
+        mode: str = "always",
+        min_padding: float = AUTO_PACKING_MIN_PADDING,
+    ) -> None:
         if not isinstance(collator, PreferenceCollator):
             raise TypeError(f"collator must be a PreferenceCollator, got {type(collator).__name__}")
         if getattr(collator, "family", "causal") != "causal":
@@ -156,22 +225,43 @@ class PackedPreferenceCollator:
                 "collator.family is 'seq2seq': packing supports causal LMs only; use "
                 "oodpl.models.bucketing.LengthBucketedBatchSampler for T5"
             )
+        if mode not in ("auto", "always"):
+            raise ValueError(f"mode must be 'auto' or 'always', got {mode!r}")
+        if not isinstance(min_padding, (int, float)) or not 0.0 <= min_padding <= 1.0:
+            raise ValueError(f"min_padding must be in [0, 1], got {min_padding!r}")
         self.collator = collator
+        self.mode = mode
+        self.min_padding = float(min_padding)
+        self.n_packed = 0
+        self.n_padded = 0
 
     @property
     def truncation_stats(self) -> Any:
         return self.collator.truncation_stats
 
+    def tokenize(self, records: Sequence[Any]) -> list[TokenizedPreference]:
+        """:meth:`PreferenceCollator.tokenize` of the wrapped collator."""
+        return self.collator.tokenize(records)
+
     def __call__(self, records: Sequence[Any]) -> Batch:
-        return pack_pair_batch(self.collator(records))
+        items = self.collator.tokenize(records)
+        if self.mode == "auto" and padding_fraction(items) < self.min_padding:
+            self.n_padded += 1
+            return self.collator(items)
+        self.n_packed += 1
+        return pack_tokenized(items)
 
 
 __all__ = [
+    "AUTO_PACKING_MIN_PADDING",
     "PACKED_KEYS",
+    "PACKING_MODES",
     "PackedPreferenceCollator",
     "block_diagonal_causal_mask",
     "is_packed_batch",
     "pack_pair_batch",
     "pack_sequences",
+    "pack_tokenized",
+    "padding_fraction",
     "sequence_index",
 ]

@@ -166,7 +166,7 @@ class Policy(TransformerWrapper):
         try:
             for batch in batches:
                 batch = to_device(batch, self.device)
-                if is_pair_batch(batch):
+                if is_pair_batch(batch) or is_packed_batch(batch):
                     names = (
                         "chosen_logps",
                         "chosen_n_tokens",

@@ -164,7 +164,7 @@ class RewardModel(TransformerWrapper):
         try:
             for batch in batches:
                 batch = to_device(batch, self.device)
-                if is_pair_batch(batch):
+                if is_pair_batch(batch) or is_packed_batch(batch):
                     chosen, rejected = self.preference_rewards(batch)
                     outputs = {"chosen_rewards": chosen, "rejected_rewards": rejected}
                 else:

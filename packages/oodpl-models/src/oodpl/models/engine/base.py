@@ -121,7 +121,8 @@ def build_optimizer(module: nn.Module, config: EngineConfig) -> torch.optim.Adam
     """AdamW over the trainable parameters (decoupled weight decay, Loshchilov & Hutter 2019).
 
     Two parameter groups: weight decay on parameters with ``ndim >= 2`` (weight matrices,
-    embeddings), none on biases and normalisation weights (``ndim < 2``).
+    embeddings), none on biases and normalisation weights (``ndim < 2``). Implementation by
+    ``config.optimizer_impl`` (fused kernel by default where the device has one).
     """
     params = trainable_parameters(module)
     decay = [p for _, p in params if p.ndim >= 2]
@@ -131,9 +132,23 @@ def build_optimizer(module: nn.Module, config: EngineConfig) -> torch.optim.Adam
         {"params": no_decay, "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
-    return torch.optim.AdamW(
-        groups, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay
-    )
+    kwargs = {
+        "lr": config.lr,
+        "betas": config.betas,
+        "eps": config.eps,
+        "weight_decay": config.weight_decay,
+    }
+    impl = getattr(config, "optimizer_impl", "auto")
+    if impl == "foreach":
+        return torch.optim.AdamW(groups, foreach=True, **kwargs)
+    try:  # AdamW checks at construction that every parameter's device/dtype has a fused kernel
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except RuntimeError as error:
+        if impl == "fused":
+            raise ValueError(
+                f"EngineConfig.optimizer_impl='fused' is unsupported here: {error}"
+            ) from error
+        return torch.optim.AdamW(groups, foreach=None, **kwargs)
 
 
 def build_scheduler(

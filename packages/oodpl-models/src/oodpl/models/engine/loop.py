@@ -134,6 +134,7 @@ def train(
     on_log: Callable[[dict[str, Any]], None] | None = None,
     on_checkpoint: Callable[[Path, int], None] | None = None,
     trainer_state: TrainerState | None = None,
+    batch_order: Callable[..., list[list[int]]] | None = None,
 ) -> LoopResult:
     """Train until ``max_steps`` optimizer steps (default ``engine.config.max_steps``).
 
@@ -150,6 +151,10 @@ def train(
         on_log: called on the main rank with one record per optimizer step.
         on_checkpoint: called on every rank with ``(state_dir, step)`` after each save.
         trainer_state: extra trainer state saved with every checkpoint and restored on resume.
+        batch_order: ``batch_order(n_items, *, global_batch_size, seed, epoch)`` -> the epoch's
+            global batches (default :func:`~oodpl.models.engine.distributed.global_batches`, a
+            seeded shuffle; e.g. length-bucketed batches). Must be deterministic in its
+            arguments so that resuming reproduces the order.
     """
     cfg = engine.config
     max_steps = cfg.max_steps if max_steps is None else max_steps
@@ -178,10 +183,15 @@ def train(
     root = Path(checkpoint_dir) if checkpoint_dir is not None else None
     result = LoopResult(global_step=progress.global_step, progress=progress)
     engine.module.train()
+    order = batch_order or global_batches
+    epoch_batches: tuple[int, list[list[int]]] | None = None
     while progress.global_step < max_steps:
-        batches = global_batches(
-            n_items, global_batch_size=gbs, seed=cfg.seed, epoch=progress.epoch
-        )
+        if epoch_batches is None or epoch_batches[0] != progress.epoch:  # once per epoch
+            epoch_batches = (
+                progress.epoch,
+                order(n_items, global_batch_size=gbs, seed=cfg.seed, epoch=progress.epoch),
+            )
+        batches = epoch_batches[1]
         global_batch = batches[progress.batch_in_epoch]
         record = _run_global_batch(engine, dataset, loss_fn, collate, global_batch, progress)
         applied = record.pop("step_applied")
@@ -223,7 +233,8 @@ def _run_global_batch(
         world_size=engine.world_size,
         micro_batch_size=cfg.micro_batch_size,
     )
-    sums: dict[str, float] = {}
+    # metrics stay tensors until the global batch ends: one device sync per optimizer step
+    sums: dict[str, Any] = {}
     outcome = None
     for indices in micro_batches:
         batch = engine.to_device(collate([dataset[i] for i in indices]))
@@ -233,18 +244,18 @@ def _run_global_batch(
         loss, metrics = out
         engine.backward(loss)
         outcome = engine.step()
-        values = {"loss": float(loss.detach().float())}
+        values = {"loss": loss.detach().double()}
         for key, value in metrics.items():
             if key in RESERVED_KEYS:
                 raise ValueError(f"loss_fn metric name {key!r} is reserved by the loop")
             values[key] = (
-                float(value.detach().float()) if isinstance(value, torch.Tensor) else float(value)
+                value.detach().double().reshape(()) if isinstance(value, torch.Tensor) else value
             )
         for key, value in values.items():
             sums[key] = sums.get(key, 0.0) + value
     assert outcome is not None
     keys = sorted(sums)
-    means = torch.tensor([sums[k] / len(micro_batches) for k in keys], dtype=torch.float64)
+    means = torch.tensor([float(sums[k]) / len(micro_batches) for k in keys], dtype=torch.float64)
     means = engine.all_reduce_mean(means)
     record: dict[str, Any] = {
         "step": engine.global_step,

@@ -201,12 +201,14 @@ def run_loop(
     resume_from: str | Path | None = None,
     on_checkpoint: Callable[[Path, int], None] | None = None,
     extra_log: Mapping[str, Any] | None = None,
+    batch_order: Callable[..., list[list[int]]] | None = None,
 ) -> LoopResult:
     """:func:`oodpl.models.engine.loop.train` with metrics appended to ``log_path`` as JSONL.
 
     ``max_steps`` counts the engine's optimizer steps (the loop trains *until* the engine has
     taken that many), so calling it again with a larger value continues training.
-    ``extra_log`` entries (e.g. ``{"iteration": 2}``) are added to every record.
+    ``extra_log`` entries (e.g. ``{"iteration": 2}``) are added to every record;
+    ``batch_order`` replaces the loop's shuffled global batches (e.g. length buckets).
     """
     logger = JsonlLogger(log_path) if log_path is not None else None
     extra = dict(extra_log or {})
@@ -228,6 +230,7 @@ def run_loop(
         resume_from=resume_from,
         on_log=on_log,
         on_checkpoint=on_checkpoint,
+        batch_order=batch_order,
     )
     for record in result.history:
         record.update(extra)

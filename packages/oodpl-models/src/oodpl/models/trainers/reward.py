@@ -19,6 +19,10 @@ Objectives (``RewardTrainConfig.objective``):
     (:class:`oodpl.core.moo.GradientMomentum`). With several processes the ``g_i`` are averaged
     over ranks first, so every rank uses the same ``λ``.
 
+Batching (:mod:`oodpl.models.trainers.pair_batching`): every pair is tokenised once before the
+first step; batches are packed padding-free for causal LMs whenever they would hold padding
+(``packing="auto"``), padded otherwise, and length-bucketed when packing is unavailable (T5).
+
 For MultiTask/MORE an epoch passes once over the largest source: item ``j`` of the training set is
 the bundle ``(D_1[π_1(j mod |D_1|)], …, D_K[π_K(j mod |D_K|)])`` with seeded permutations ``π_i``,
 and the engine's ``micro_batch_size`` counts bundles (``K`` pairs each). Runs on the training
@@ -44,6 +48,7 @@ from oodpl.models.engine import EngineConfig, TrainingEngine
 from oodpl.models.engine.distributed import epoch_permutation
 from oodpl.models.engine.loop import JsonlLogger
 from oodpl.models.engine.loop import train as loop_train
+from oodpl.models.packing import PackedPreferenceCollator
 from oodpl.models.reward_model import RewardModel
 from oodpl.models.trainers._policy_common import (
     CollateOptions,
@@ -52,13 +57,18 @@ from oodpl.models.trainers._policy_common import (
     check_records,
     resolve_engine,
 )
+from oodpl.models.trainers.pair_batching import (
+    PairBatchingOptions,
+    packing_unavailable,
+    plan_pair_batches,
+)
 
 REWARD_OBJECTIVES: tuple[str, ...] = ("bt", "multitask", "more")
 GROUP_FIELDS: tuple[str, ...] = ("source", "domain")
 
 
 @dataclass(frozen=True)
-class RewardTrainConfig(CollateOptions):
+class RewardTrainConfig(PairBatchingOptions):
     """Settings of :func:`train_reward_model` (optimiser, batch, steps, seed: ``EngineConfig``).
 
     Attributes:
@@ -68,6 +78,7 @@ class RewardTrainConfig(CollateOptions):
         more_momentum: MORE momentum ``a`` in (0, 1]; ``None`` uses the current gradients only.
         more_normalize: l2-normalise each source gradient before the min-norm solve.
         max_length, max_prompt_length: collator limits (``None``: the model's).
+        packing, group_by_length: the batching path (:mod:`~oodpl.models.trainers.pair_batching`).
     """
 
     objective: str = "bt"
@@ -87,6 +98,7 @@ class RewardTrainConfig(CollateOptions):
         if not isinstance(self.more_normalize, bool):
             raise TypeError("RewardTrainConfig.more_normalize must be a bool")
         self.collator_overrides()
+        self.check_batching()
 
 
 @dataclass
@@ -274,25 +286,32 @@ def train_reward_model(
     if not isinstance(config, RewardTrainConfig):
         raise TypeError(f"config must be a RewardTrainConfig, got {type(config).__name__}")
     trainer = resolve_engine(reward_model, engine)
-    collator = reward_model.preference_collator(**config.collator_overrides())
     sources: list[str] = []
     more_state: _MoreState | None = None
     hook = None
+    order = None
     if config.objective == "bt":
-        dataset: list[Any] = records
-        collate = collator
+        plan = plan_pair_batches(reward_model, records, config)
+        dataset: list[Any] = plan.items
+        collate = plan.collate
+        order = plan.order
         loss_fn = bt_loss_fn(config.margin)
     else:
         groups = group_by_source(records, config.group_by)
         sources = list(groups)
-        dataset = source_bundles(groups, trainer.config.seed)
+        # tokenised once; bundles of one pair per source are not length-bucketed
+        plan = plan_pair_batches(reward_model, [r for g in groups.values() for r in g], config)
+        tokens = iter(plan.items)
+        tokenized = {name: [next(tokens) for _ in group] for name, group in groups.items()}
+        dataset = source_bundles(tokenized, trainer.config.seed)
         sizes = torch.tensor([len(g) for g in groups.values()], dtype=torch.float64)
         fixed = sizes / sizes.sum() if config.objective == "multitask" else None
         if config.objective == "more":
             more_state = _MoreState(len(sources), config.more_momentum, config.more_normalize)
+        pair_collate = plan.collate
 
         def collate(bundles: list[tuple]) -> dict[str, torch.Tensor]:  # source-major order
-            return collator([bundle[i] for i in range(len(sources)) for bundle in bundles])
+            return pair_collate([bundle[i] for i in range(len(sources)) for bundle in bundles])
 
         loss_fn, hook = _source_losses_fn(trainer, config, sources, fixed, more_state)
     logger = JsonlLogger(log_path) if log_path is not None else None
@@ -309,6 +328,7 @@ def train_reward_model(
             resume_from=resume_from,
             on_log=logger,
             trainer_state=more_state,
+            batch_order=order,
         )
     finally:
         if hook is not None:
@@ -327,7 +347,9 @@ def reward_preference_metrics(
     """``{"bt_loss", "accuracy", "ties"}`` of the reward model on ``preferences`` (eval mode)."""
     records = check_records(preferences, Preference, "preferences")
     overrides = (collate or CollateOptions()).collator_overrides()
-    collator = reward_model.preference_collator(**overrides)
+    collator: Any = reward_model.preference_collator(**overrides)
+    if packing_unavailable(reward_model) is None:  # padding-free where a batch holds padding
+        collator = PackedPreferenceCollator(collator, mode="auto")
     batches = (collator(records[i : i + batch_size]) for i in range(0, len(records), batch_size))
     out = reward_model.compute_rewards(batches)
     chosen, rejected = out["chosen_rewards"].double(), out["rejected_rewards"].double()
