@@ -17,11 +17,14 @@ Rows:
 * a meta-step: ``oodpl.core.hypergrad.hypergradient(method=…)`` over K support batches and the
   query batch, then an SGD step on φ. ``unrolled`` (exact), ``truncated`` (T = 1),
   ``first_order`` (R = 0.01, finite differences of first-order gradients), ``neumann`` and
-  ``cg`` (``--terms`` each). Second-order methods run SDPA restricted to its math kernel
-  (``oodpl.models.lora.second_order_attention``, what ``train_meta`` does by default), because
-  the fused kernels have no double backward; ``first_order`` keeps the fused kernels;
+  ``cg`` (``--terms`` each). ``θ`` and ``φ`` are the only tensors differentiated (the base
+  weights are frozen). The models keep their fused SDPA kernels; the exact methods restrict
+  SDPA to its math kernel only inside the steps they differentiate twice (the fused kernels
+  have no double backward), as in ``train_meta``; ``first_order`` never needs it. ``L_in`` is a
+  ``SeparableInnerLoss`` (``φ`` only through the support rewards), so each support batch is
+  scored once per meta-step and ``φ`` gets one reward-model VJP per reverse step;
 * ``full_graph``: plain autograd through all K steps with ``create_graph=True`` (what the reverse
-  recurrence avoids; memory grows with K);
+  recurrence avoids; memory grows with K; SDPA on its math kernel throughout);
 * ``higher``: the same unrolled problem through the ``higher`` library (``innerloop_ctx`` around
   the policy module, ``DifferentiableSGD`` over θ, ``copy_initial_weights=False``; the reward
   model's live parameters are φ), then ``autograd.grad`` of ``L_out`` w.r.t. φ.
@@ -89,7 +92,9 @@ METHODS = {
     "neumann": {},
     "cg": {},
 }
-SECOND_ORDER = ("unrolled", "truncated", "neumann", "cg", "full_graph", "higher")
+# rows that build graphs through every step themselves: SDPA restricted to its math kernel
+# throughout (oodpl's hypergradients restrict it only inside their double-backward steps)
+WHOLE_GRAPH = ("full_graph", "higher")
 ROWS = ("plain", *METHODS, "full_graph", "higher")
 
 
@@ -230,9 +235,7 @@ def worker(args) -> dict[str, float]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     objective, theta0, phi, batches, warm_batches, query = build_problem(args)
-    attention = (
-        second_order_attention() if args.method in SECOND_ORDER else contextlib.nullcontext()
-    )
+    attention = second_order_attention() if args.method in WHOLE_GRAPH else contextlib.nullcontext()
     phi_init = {k: v.detach().clone() for k, v in phi.items()}
     with attention, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)

@@ -3,19 +3,21 @@
 All functions take the *pure* callables of the contract,
 ``inner_loss(theta, phi, batch) -> scalar`` and ``outer_loss(theta, batch) -> scalar``, evaluate
 them on fresh leaf copies of the parameter dicts, and return detached results. Each call builds at
-most one step's graph (``create_graph`` only inside :func:`second_order_products`), so memory does
-not grow with the number of inner steps. Parameters a loss does not use get an exact zero
-gradient instead of ``None``.
+most one step's graph (``create_graph`` only inside :func:`step_graph` /
+:func:`separable_step_graph`, under SDPA's math kernel), so memory does not grow with the number
+of inner steps. Parameters a loss does not use get an exact zero gradient instead of ``None``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from oodpl.core.hypergrad._params import Params, add, detach, dot, leaf_copy, norm, zeros_like
 
@@ -96,6 +98,18 @@ def _grads(output: Tensor, inputs: list[Tensor], *, create_graph: bool = False) 
 
 
 _ERROR_NODES = frozenset({"torch::autograd::Error", "torch::autograd::DelayedError"})
+
+
+def twice_differentiable_attention() -> contextlib.AbstractContextManager:
+    """Restrict ``scaled_dot_product_attention`` to its math kernel (composite ops).
+
+    The fused SDPA kernels (flash / memory-efficient / cuDNN, and the flash kernel PyTorch picks
+    on CPU) have no derivative of their backward. Only the forwards whose gradient is built with
+    ``create_graph=True`` (:func:`step_graph`, :func:`separable_step_graph`) run under this
+    restriction; the inner steps, the outer gradient and every first-order evaluation keep the
+    fused kernels (METHODS §3). Losses without attention are unaffected.
+    """
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def _check_twice_differentiable(grads: list[Tensor], where: str) -> None:
@@ -230,8 +244,9 @@ def step_graph(
     where: str = "",
 ) -> StepGraph:
     """Forward ``L_in(θ, φ)`` and ``∇_θ L_in`` with ``create_graph=True`` (checked twice
-    differentiable); ``φ`` is a leaf only if the mixed product is wanted."""
-    with torch.enable_grad():
+    differentiable); ``φ`` is a leaf only if the mixed product is wanted. SDPA runs on its math
+    kernel here (:func:`twice_differentiable_attention`)."""
+    with torch.enable_grad(), twice_differentiable_attention():
         th = leaf_copy(theta)
         ph = leaf_copy(phi) if want_mixed else detach(phi)
         loss = scalar_loss(inner_loss(th, ph, batch), "inner_loss", where)
@@ -365,7 +380,7 @@ def separable_step_graph(
     where: str = "",
 ) -> StepGraph:
     """:func:`step_graph` for a :class:`SeparableInnerLoss`: leaves ``θ`` and ``a``."""
-    with torch.enable_grad():
+    with torch.enable_grad(), twice_differentiable_attention():
         th = leaf_copy(theta)
         a = features.detach().requires_grad_(True)
         loss = scalar_loss(inner_loss.loss(th, a, batch), "inner_loss", where)

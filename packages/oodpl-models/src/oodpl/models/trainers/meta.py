@@ -24,14 +24,15 @@ parameter tensors, which DeepSpeed's partitioned/wrapped parameters do not offer
 ``backend="deepspeed"`` raises ``ValueError``. Both models run in eval mode (dropout off) so that
 ``L_out(θ^K(φ))`` is a deterministic function of ``φ``. Exact second-order products through
 fused attention kernels fail (CUDA's efficient/cuDNN kernels, and with torch 2.13 also CPU's
-flash kernel), so by default (``attn_implementation="auto"``) the second-order methods run SDPA
-restricted to its math backend and switch flash/flex kernels to ``"eager"`` (METHODS §3);
-``first_order`` keeps the models' kernels.
+flash kernel): the hypergradient restricts SDPA to its math kernel only where it builds a
+gradient with ``create_graph=True`` (one inner step at a time; the inner steps, the outer
+gradient and the reward pull-backs keep the fused kernels), and by default
+(``attn_implementation="auto"``) the second-order methods switch flash/flex kernels, which do
+not go through SDPA, to ``"eager"`` (METHODS §3). ``first_order`` keeps the models' kernels.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ from oodpl.core.metrics import pl_accuracy
 from oodpl.core.records import Completion, Preference
 from oodpl.models.backbone import to_device
 from oodpl.models.engine.loop import JsonlLogger
-from oodpl.models.lora import detached_copy, second_order_attention
+from oodpl.models.lora import detached_copy
 from oodpl.models.policy import Policy
 from oodpl.models.reward_model import RewardModel
 from oodpl.models.trainers._policy_common import (
@@ -99,9 +100,10 @@ class MetaTrainConfig(CollateOptions):
         domains_per_step: domains sampled per outer step (None = all).
         reward_parameters: ``"all"`` (the RM's trainable parameters: LoRA + value head) or
             ``"value_head"``.
-        attn_implementation: ``"auto"`` (second-order methods: SDPA's math backend, eager
-            instead of flash/flex kernels), ``None`` (leave attention alone) or a kernel name
-            applied to both models.
+        attn_implementation: ``"auto"`` (second-order methods: eager instead of flash/flex
+            kernels; SDPA stays, its math kernel is used only inside the hypergradient's
+            double-backward steps), ``None`` (leave attention alone) or a kernel name applied
+            to both models.
         eval_every: evaluate the held-out objective every this many outer steps (0 = only
             before and after training, when held-out data is given).
         seed: seed of the data order and of the domain sampling.
@@ -291,13 +293,14 @@ def _check_domains(domains: object) -> dict[str, MetaDomain]:
     return out
 
 
-def _attention_context(config: MetaTrainConfig, *models: Any) -> contextlib.AbstractContextManager:
+def _set_attention(config: MetaTrainConfig, *models: Any) -> None:
     """Make attention twice differentiable for the second-order methods (METHODS §3).
 
     ``"auto"``: models on a kernel other than ``"sdpa"``/``"eager"`` (flash, flex) switch to
-    ``"eager"``, and SDPA runs restricted to its math backend (composite ops: double backward
-    works on CPU and GPU, and a float64 model stays float64 — GPT-NeoX's and Gemma's eager
-    attention take the softmax in float32). A kernel name sets both models to it.
+    ``"eager"``; SDPA models keep SDPA, which :mod:`oodpl.core.hypergrad` restricts to its math
+    kernel (composite ops: double backward works on CPU and GPU, and a float64 model stays
+    float64 — GPT-NeoX's and Gemma's eager attention take the softmax in float32) only inside
+    the steps it differentiates twice. A kernel name sets both models to it.
     """
     choice = config.attn_implementation
     second_order = config.method in SECOND_ORDER_METHODS
@@ -309,9 +312,6 @@ def _attention_context(config: MetaTrainConfig, *models: Any) -> contextlib.Abst
     elif choice is not None:
         for model in models:
             model.set_attn_implementation(choice)
-    if choice is None or not second_order:
-        return contextlib.nullcontext()
-    return second_order_attention()
 
 
 class _HeldOutEvaluator:
@@ -407,7 +407,7 @@ def train_meta(
             f"reward_model is on {reward_model.device} but policy on {policy.device}: "
             "move both to one device"
         )
-    attention = _attention_context(config, policy, reward_model)
+    _set_attention(config, policy, reward_model)
     objective = BilevelObjective(policy, reward_model, config)
     theta_init = detached_copy(policy.trainable_parameters(), requires_grad=False)
     phi = _reward_parameters(reward_model, config.reward_parameters)
@@ -460,28 +460,27 @@ def train_meta(
     policy.eval()
     reward_model.eval()
     try:
-        with attention:
-            evaluate(0)
-            meta_train(
-                objective.inner_loss,
-                objective.outer_loss,
-                theta_init,
-                phi,
-                data,
-                steps=config.steps,
-                inner_steps=config.inner_steps,
-                inner_lr=config.inner_lr,
-                method=config.method,
-                method_options=dict(config.method_options),
-                outer_optimizer=lambda params: optimizer_class(params, lr=config.outer_lr),
-                domains_per_step=config.domains_per_step,
-                max_grad_norm=config.max_grad_norm,
-                seed=config.seed,
-                callback=on_step,
-            )
-            last = len(result.history)
-            if last and (not result.held_out or result.held_out[-1]["step"] != last):
-                evaluate(last)
+        evaluate(0)
+        meta_train(
+            objective.inner_loss,
+            objective.outer_loss,
+            theta_init,
+            phi,
+            data,
+            steps=config.steps,
+            inner_steps=config.inner_steps,
+            inner_lr=config.inner_lr,
+            method=config.method,
+            method_options=dict(config.method_options),
+            outer_optimizer=lambda params: optimizer_class(params, lr=config.outer_lr),
+            domains_per_step=config.domains_per_step,
+            max_grad_norm=config.max_grad_norm,
+            seed=config.seed,
+            callback=on_step,
+        )
+        last = len(result.history)
+        if last and (not result.held_out or result.held_out[-1]["step"] != last):
+            evaluate(last)
     finally:
         policy.train(modes[0])
         reward_model.train(modes[1])
