@@ -185,3 +185,40 @@ def test_separable_inner_loss_checks_its_parts():
     # calling it is the plain contract
     value = SeparableInnerLoss(features, loss)(theta0, phi, batches[0])
     assert torch.equal(value, loss(theta0, features(phi, batches[0]), batches[0]))
+
+
+def test_exact_products_run_sdpa_on_its_math_kernel_only_where_differentiated_twice():
+    """A loss through ``scaled_dot_product_attention``: on CPU its fused (flash) kernel has no
+    double backward, so the hypergradient restricts SDPA to the math kernel exactly in the steps
+    it differentiates twice; the other inner steps keep the fused kernel. No context needed."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 2, 5, 4, generator=gen, dtype=DT)  # batch, heads, tokens, dim
+    theta0 = {"q": 0.5 * torch.randn(4, 4, generator=gen, dtype=DT)}
+    phi = {"u": torch.randn(4, generator=gen, dtype=DT)}
+    kernels = []
+
+    def attend(theta):
+        kernels.append(torch.backends.cuda.flash_sdp_enabled())
+        q = x @ theta["q"]
+        return torch.nn.functional.scaled_dot_product_attention(q, x, x, is_causal=True)
+
+    def inner(theta, phi_, batch):
+        out = attend(theta)
+        return torch.mean(torch.tanh(out @ phi_["u"]) * out.sum(-1)) + 0.1 * (theta["q"] ** 2).sum()
+
+    def outer(theta, batch):
+        return torch.mean(attend(theta) ** 2)
+
+    with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
+        reference = full_graph(inner, outer, theta0, phi, [None] * 3, None, 0.3)
+    with pytest.raises(RuntimeError, match="not implemented"):  # what the restriction avoids
+        full_graph(inner, outer, theta0, phi, [None] * 3, None, 0.3)
+    kernels.clear()
+    exact = unrolled_hypergradient(inner, outer, theta0, phi, [None] * 3, None, lr=0.3)
+    assert rel_err(exact.grad, reference) < 1e-10
+    # inner steps 0, 1 fused; step 2 builds the reused graph (math); outer fused; reverse 1, 0 math
+    assert kernels == [True, True, False, True, False, False]
+    approx = hypergradient(
+        inner, outer, theta0, phi, [None] * 3, None, lr=0.3, method="first_order"
+    )
+    assert rel_err(approx.grad, reference) < 1e-3
