@@ -191,6 +191,10 @@ def padding_fraction(items: Sequence[TokenizedPreference]) -> float:
 
 
 PACKING_MODES = ("auto", "always", "never")
+PACKED_LAYOUTS = ("sequences", "shared_prefix")
+"""``"sequences"``: the 2B sequences back to back (this module; flash-attention varlen kernels
+take it through position ids). ``"shared_prefix"``: one segment per pair with the prompt run
+once (:mod:`oodpl.models.shared_prefix`)."""
 AUTO_PACKING_MIN_PADDING = 0.1
 """``packing="auto"`` packs a batch when at least this share of its padded form is padding.
 
@@ -208,7 +212,8 @@ class PackedPreferenceCollator:
     ``mode="always"`` packs every batch; ``"auto"`` packs when :func:`padding_fraction` of the
     batch is at least ``min_padding`` (default :data:`AUTO_PACKING_MIN_PADDING`). Both forms give
     the same per-pair results (to float rounding), see :mod:`oodpl.models.packed_forward`.
-    Counters ``n_packed`` / ``n_padded`` say how many batches took each form.
+    ``layout`` is one of :data:`PACKED_LAYOUTS`. Counters ``n_packed`` / ``n_padded`` say how
+    many batches took each form.
     """
 
     def __init__(
@@ -217,6 +222,7 @@ class PackedPreferenceCollator:
         *,
         mode: str = "always",
         min_padding: float = AUTO_PACKING_MIN_PADDING,
+        layout: str = "sequences",
     ) -> None:
         if not isinstance(collator, PreferenceCollator):
             raise TypeError(f"collator must be a PreferenceCollator, got {type(collator).__name__}")
@@ -229,7 +235,16 @@ class PackedPreferenceCollator:
             raise ValueError(f"mode must be 'auto' or 'always', got {mode!r}")
         if not isinstance(min_padding, (int, float)) or not 0.0 <= min_padding <= 1.0:
             raise ValueError(f"min_padding must be in [0, 1], got {min_padding!r}")
+        if layout not in PACKED_LAYOUTS:
+            raise ValueError(f"layout must be one of {PACKED_LAYOUTS}, got {layout!r}")
         self.collator = collator
+        self.layout = layout
+        if layout == "shared_prefix":
+            from oodpl.models.shared_prefix import pack_shared_prefix
+
+            self._pack = pack_shared_prefix
+        else:
+            self._pack = pack_tokenized
         self.mode = mode
         self.min_padding = float(min_padding)
         self.n_packed = 0
@@ -249,12 +264,13 @@ class PackedPreferenceCollator:
             self.n_padded += 1
             return self.collator(items)
         self.n_packed += 1
-        return pack_tokenized(items)
+        return self._pack(items)
 
 
 __all__ = [
     "AUTO_PACKING_MIN_PADDING",
     "PACKED_KEYS",
+    "PACKED_LAYOUTS",
     "PACKING_MODES",
     "PackedPreferenceCollator",
     "block_diagonal_causal_mask",

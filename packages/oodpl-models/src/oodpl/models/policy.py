@@ -40,6 +40,7 @@ from oodpl.models.collate import _pad, concat_pair_batch, is_pair_batch
 from oodpl.models.lora import LoraSpec, apply_lora
 from oodpl.models.packed_forward import packed_preference_logps
 from oodpl.models.packing import is_packed_batch
+from oodpl.models.shared_prefix import is_shared_prefix_batch, shared_prefix_preference_logps
 from oodpl.models.tokenizer import resolve_pad_token_id
 
 HEAD_CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
@@ -136,12 +137,14 @@ class Policy(TransformerWrapper):
         for a packed batch from :mod:`oodpl.models.packing`, over its padding-free row)."""
         if is_packed_batch(pair_batch):
             return packed_preference_logps(self, pair_batch)
+        if is_shared_prefix_batch(pair_batch):
+            return shared_prefix_preference_logps(self, pair_batch)
         stacked, n_pairs = concat_pair_batch(pair_batch)
         logps, n_tokens = self.sequence_logps(stacked)
         return logps[:n_pairs], n_tokens[:n_pairs], logps[n_pairs:], n_tokens[n_pairs:]
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        if is_pair_batch(batch) or is_packed_batch(batch):
+        if is_pair_batch(batch) or is_packed_batch(batch) or is_shared_prefix_batch(batch):
             return self.preference_logps(batch)
         return self.sequence_logps(batch)
 
@@ -166,7 +169,7 @@ class Policy(TransformerWrapper):
         try:
             for batch in batches:
                 batch = to_device(batch, self.device)
-                if is_pair_batch(batch) or is_packed_batch(batch):
+                if is_pair_batch(batch) or is_packed_batch(batch) or is_shared_prefix_batch(batch):
                     names = (
                         "chosen_logps",
                         "chosen_n_tokens",

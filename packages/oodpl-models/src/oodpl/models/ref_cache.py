@@ -46,6 +46,7 @@ from transformers import PreTrainedTokenizerBase
 from oodpl.models.collate import PreferenceCollator
 from oodpl.models.packed_forward import packed_preference_logps
 from oodpl.models.packing import pack_pair_batch
+from oodpl.models.shared_prefix import pack_shared_prefix, packed_layout
 
 FORMAT_VERSION = "1"
 TENSOR_NAMES = ("chosen_logps", "chosen_n_tokens", "rejected_logps", "rejected_n_tokens")
@@ -221,7 +222,9 @@ def compute_reference_logps(
     chunk_size: int = 512,
 ) -> dict[str, torch.Tensor]:
     """``{chosen_logps, chosen_n_tokens, rejected_logps, rejected_n_tokens}`` (``[B]``, CPU) in
-    eval mode; ``packed`` runs :func:`~oodpl.models.packed_forward.packed_preference_logps`."""
+    eval mode; ``packed`` runs the padding-free forward (prefix-shared layout where the model
+    supports it, :mod:`oodpl.models.shared_prefix`; else
+    :func:`~oodpl.models.packed_forward.packed_preference_logps`)."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if not packed:
@@ -229,6 +232,11 @@ def compute_reference_logps(
             collator(list(records[i : i + batch_size])) for i in range(0, len(records), batch_size)
         )
         return reference.compute_logps(batches)
+    if packed_layout(reference) == "shared_prefix":  # the prompt run once per pair
+        items = collator.tokenize(records)
+        return reference.compute_logps(
+            pack_shared_prefix(items[i : i + batch_size]) for i in range(0, len(items), batch_size)
+        )
     was_training = reference.training
     reference.eval()
     parts: list[tuple[torch.Tensor, ...]] = []

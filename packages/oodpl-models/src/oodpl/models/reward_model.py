@@ -35,6 +35,7 @@ from oodpl.models.collate import concat_pair_batch, is_pair_batch
 from oodpl.models.lora import LoraSpec, apply_lora
 from oodpl.models.packed_forward import packed_rewards
 from oodpl.models.packing import is_packed_batch
+from oodpl.models.shared_prefix import is_shared_prefix_batch, shared_prefix_rewards
 
 VALUE_HEAD = "value_head"
 
@@ -132,9 +133,12 @@ class RewardModel(TransformerWrapper):
         self, pair_batch: Mapping[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(r(x, y_w), r(x, y_l))`` from one forward over the stacked pair batch (or, for a
-        packed batch from :mod:`oodpl.models.packing`, over its padding-free row)."""
+        packed batch from :mod:`oodpl.models.packing` or :mod:`oodpl.models.shared_prefix`, over
+        its padding-free row)."""
         if is_packed_batch(pair_batch):
             return packed_rewards(self, pair_batch)
+        if is_shared_prefix_batch(pair_batch):
+            return shared_prefix_rewards(self, pair_batch)
         stacked, n_pairs = concat_pair_batch(pair_batch)
         scores = self.rewards(stacked)
         return scores[:n_pairs], scores[n_pairs:]
@@ -142,7 +146,7 @@ class RewardModel(TransformerWrapper):
     def forward(
         self, batch: Mapping[str, torch.Tensor]
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        if is_pair_batch(batch) or is_packed_batch(batch):
+        if is_pair_batch(batch) or is_packed_batch(batch) or is_shared_prefix_batch(batch):
             return self.preference_rewards(batch)
         return self.rewards(batch)
 
@@ -164,7 +168,7 @@ class RewardModel(TransformerWrapper):
         try:
             for batch in batches:
                 batch = to_device(batch, self.device)
-                if is_pair_batch(batch) or is_packed_batch(batch):
+                if is_pair_batch(batch) or is_packed_batch(batch) or is_shared_prefix_batch(batch):
                     chosen, rejected = self.preference_rewards(batch)
                     outputs = {"chosen_rewards": chosen, "rejected_rewards": rejected}
                 else:

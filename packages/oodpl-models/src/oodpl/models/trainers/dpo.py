@@ -48,7 +48,6 @@ from oodpl.core.losses import DPO_LOSS_TYPES, dpo_loss
 from oodpl.core.records import Preference
 from oodpl.models.collate import TokenizedPreference
 from oodpl.models.engine import EngineConfig, TrainingEngine
-from oodpl.models.packing import pack_tokenized
 from oodpl.models.policy import Policy
 from oodpl.models.ref_cache import cached_reference_logps
 from oodpl.models.trainers._policy_common import (
@@ -132,12 +131,6 @@ class ReferencedPair:
     reference_rejected_logps: float
 
 
-def _reference_batches(reference: Policy, config: DPOConfig, records: Sequence[Any]):
-    """The reference's own tokenisation of ``records`` and whether it runs them packed."""
-    plan = plan_pair_batches(reference, records, config)
-    return plan.items, plan.packs
-
-
 def precompute_reference_logps(
     reference: Policy,
     records: Sequence[Preference],
@@ -152,11 +145,10 @@ def precompute_reference_logps(
     carry ``tokenized.items`` (or the records) for the training batches. With
     ``config.reference_cache_dir`` the values come from / go to the on-disk cache.
     """
-    if tokenized is not None and reference.tokenizer is tokenized.collator.tokenizer:
-        items, packs = tokenized.items, tokenized.packs
-    else:
-        items, packs = _reference_batches(reference, config, records)
     carried = tokenized.items if tokenized is not None else list(records)
+    plan = tokenized
+    if plan is None or reference.tokenizer is not plan.collator.tokenizer:
+        plan = plan_pair_batches(reference, records, config)
     if config.reference_cache_dir is not None:
         cached = cached_reference_logps(
             reference,
@@ -164,18 +156,13 @@ def precompute_reference_logps(
             cache_dir=config.reference_cache_dir,
             collator=reference.preference_collator(**config.collator_overrides()),
             batch_size=config.reference_batch_size,
-            packed=packs,
+            packed=plan.packs,
         )
         chosen, rejected = cached.chosen_logps, cached.rejected_logps
     else:
         size = config.reference_batch_size
-        build = (
-            pack_tokenized
-            if packs
-            else reference.preference_collator(**config.collator_overrides())
-        )
         out = reference.compute_logps(
-            build(items[i : i + size]) for i in range(0, len(items), size)
+            plan.collate(plan.items[i : i + size]) for i in range(0, len(plan.items), size)
         )
         chosen, rejected = out["chosen_logps"], out["rejected_logps"]
     return [

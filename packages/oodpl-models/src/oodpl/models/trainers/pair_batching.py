@@ -5,9 +5,13 @@ Every training pair is tokenised and truncated once, before the first step
 the token lists by one of three paths, all giving the same per-pair rewards / log-probs up to
 float rounding (tests: ≤ 1e-5 in float32):
 
-- **packed** (padding-free, :mod:`oodpl.models.packing`): the 2B sequences of the batch back to
-  back in one row with per-sequence position ids; attention never crosses a sequence boundary
-  (:mod:`oodpl.models.packed_forward`). No compute goes to padding.
+- **packed** (padding-free): one row with no padding. For models with plain causal attention
+  the *prefix-shared* layout (:mod:`oodpl.models.shared_prefix`): one segment per pair in which
+  the prompt (and any common start of the two responses) is run once, with a two-branch causal
+  mask; for flash-attention models (varlen kernels) and architectures with sliding windows /
+  soft-capping the 2B sequences back to back (:mod:`oodpl.models.packing`,
+  :mod:`oodpl.models.packed_forward`). No compute goes to padding or to a second copy of the
+  prompt.
 - **padded**: the classic ``[2B, T_max]`` pair batch (:mod:`oodpl.models.collate`).
 - **length-bucketed padded**: the padded path over global batches of similar lengths
   (:func:`oodpl.models.bucketing.bucketed_global_batches`), the fallback when packing is
@@ -40,6 +44,7 @@ from oodpl.models.backbone import _accepts_position_ids, unwrap
 from oodpl.models.bucketing import bucketed_global_batches
 from oodpl.models.collate import Batch, PreferenceCollator, TokenizedPreference
 from oodpl.models.packing import PACKING_MODES, PackedPreferenceCollator
+from oodpl.models.shared_prefix import packed_layout
 from oodpl.models.trainers._policy_common import CollateOptions, check_choice
 
 BatchOrder = Callable[..., list[list[int]]]
@@ -88,6 +93,7 @@ class PairBatches:
         order: the global-batch order for the engine loop (``None``: the loop's shuffled order).
         packs: whether batches may be packed (``packing`` resolved against the model).
         collator: the model's :class:`PreferenceCollator` (truncation stats, settings).
+        layout: the packed layout, ``"shared_prefix"`` or ``"sequences"`` (``None``: padded).
     """
 
     items: list[TokenizedPreference]
@@ -95,6 +101,7 @@ class PairBatches:
     order: BatchOrder | None
     packs: bool
     collator: PreferenceCollator
+    layout: str | None = None
 
 
 def plan_pair_batches(
@@ -110,9 +117,11 @@ def plan_pair_batches(
         raise ValueError(f"{name}.packing='always' but {reason}; use 'auto' or 'never'")
     packs = options.packing != "never" and reason is None
     collate: Callable[[Sequence[Any]], Batch] = collator
+    layout = None
     if packs:
         mode = "always" if options.packing == "always" else "auto"
-        collate = PackedPreferenceCollator(collator, mode=mode)
+        layout = packed_layout(model)
+        collate = PackedPreferenceCollator(collator, mode=mode, layout=layout)
     bucket = options.group_by_length
     if bucket is None:
         bucket = not packs
@@ -120,7 +129,7 @@ def plan_pair_batches(
     if bucket:
         lengths = [max(item.lengths()) for item in items]
         order = functools.partial(_bucketed_order, lengths)
-    return PairBatches(items, collate, order, packs, collator)
+    return PairBatches(items, collate, order, packs, collator, layout)
 
 
 def _bucketed_order(
