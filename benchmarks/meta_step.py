@@ -34,12 +34,15 @@ a transformer's inner problem it is not, and ``H`` is indefinite, so their gradi
 the unrolled one (CG stops at negative curvature and says so; rows that warned are marked
 ``(w)``; ``--damping`` adds ``λI``). Their cost is still what this table measures.
 
-Time: median wall-clock over ``--repeats`` calls after a K-independent warm-up (one call of the
-same method with K = 1). Ratio = meta-step time / time of K+1 plain steps. Peak memory: each
-(method, K) runs in a fresh subprocess; the increase during the first measured call over the
-memory just before it (``_common.PeakMemory``: CUDA ``max_memory_allocated``, or glibc ``malloc``
-in-use bytes sampled every 0.5 ms on CPU), so it counts the call's activations, graphs and
-iterates, not the models. The unrolled gradient's norm is printed to check methods agree.
+Time: for each K, one process times every row interleaved: one warm-up call each, then
+``--repeats`` rounds calling every row once (the order rotates each round), median per row, so
+background load on a shared machine hits all rows alike. Ratio = meta-step time / time of K+1
+plain steps (same process, same rounds). Peak memory: each (method, K) runs in a fresh
+subprocess (one K = 1 warm-up call, then one measured call); the increase during the measured
+call over the memory just before it (``_common.PeakMemory``: CUDA ``max_memory_allocated``, or
+glibc ``malloc`` in-use bytes sampled every 0.5 ms on CPU), so it counts the call's
+activations, graphs and iterates, not the models. The unrolled gradient's norm is printed to
+check methods agree.
 
 Usage::
 
@@ -113,9 +116,8 @@ def build_problem(args):
     policy.eval()
     reward.eval()
     objective = BilevelObjective(policy, reward, MetaTrainConfig(beta=1.0, inner_lr=args.lr))
-    n_support = args.k + 1 if args.method == "plain" else args.k
-    support = []
-    for i in range(max(n_support, 2)):
+    support = []  # K + 1 batches: the plain row takes all, a meta-step the first K
+    for i in range(args.k + 1):
         records = synthetic_completions(
             args.batch, args.prompt_len, args.response_len, vocab_size=args.vocab, seed=100 + i
         )
@@ -130,7 +132,7 @@ def build_problem(args):
     query = objective.query_batch(pairs)
     theta0 = {k: v.detach().clone() for k, v in policy.trainable_parameters().items()}
     phi = reward.trainable_parameters()
-    return objective, theta0, phi, support[:n_support], support[:1], query
+    return objective, theta0, phi, support, query
 
 
 def plain_steps(objective, theta0, phi, batches, lr):
@@ -202,17 +204,19 @@ def higher_unrolled(objective, theta0, phi, batches, query, lr):
     return dict(zip(phi, grads, strict=True))
 
 
-def run_once(args, objective, theta0, phi, batches, query):
-    """One measured call: the meta-step of ``args.method`` (or the plain steps)."""
-    if args.method == "plain":
-        return None, plain_steps(objective, theta0, phi, batches, args.lr)
-    if args.method == "full_graph":
+def run_once(method, args, objective, theta0, phi, batches, query):
+    """One call: the meta-step of ``method`` on ``batches`` (K support batches; the plain row
+    takes K + 1 plain steps on them). Returns the hypergradient (None for the plain row)."""
+    if method == "plain":
+        plain_steps(objective, theta0, phi, batches, args.lr)
+        return None
+    if method == "full_graph":
         grad = full_graph(objective, theta0, phi, batches, query, args.lr)
-    elif args.method == "higher":
+    elif method == "higher":
         grad = higher_unrolled(objective, theta0, phi, batches, query, args.lr)
     else:
-        options = dict(METHODS[args.method])
-        if args.method in ("neumann", "cg"):
+        options = dict(METHODS[method])
+        if method in ("neumann", "cg"):
             options.update(terms=args.terms, damping=args.damping)
         grad = hypergradient(
             objective.inner_loss,
@@ -222,42 +226,76 @@ def run_once(args, objective, theta0, phi, batches, query):
             batches,
             query,
             lr=args.lr,
-            method=args.method,
+            method=method,
             **options,
         ).grad
     with torch.no_grad():  # the outer SGD step on φ (paper: SGD)
         for name, g in grad.items():
             phi[name].sub_(args.outer_lr * g)
-    return grad, None
+    return grad
 
 
-def worker(args) -> dict[str, float]:
+def _call(method, args, problem, phi_init, k):
+    """Reset φ, then one synchronised call of ``method`` with K (+1 for plain) batches."""
+    objective, theta0, phi, support, query = problem
+    batches = support if method == "plain" else support[:k]
+    with torch.no_grad():
+        for name, value in phi_init.items():
+            phi[name].copy_(value)
+    attention = second_order_attention() if method in WHOLE_GRAPH else contextlib.nullcontext()
+    synchronize(args.device)
+    with attention:
+        start = time.perf_counter()
+        grad = run_once(method, args, objective, theta0, phi, batches, query)
+        synchronize(args.device)
+    return grad, time.perf_counter() - start
+
+
+def time_worker(args) -> dict[str, dict]:
+    """All methods at one K in one process, interleaved: after one warm-up call each,
+    ``repeats`` rounds call every method once (the order rotates each round); median per method.
+    Interleaving spreads any background load over all rows alike."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    objective, theta0, phi, batches, warm_batches, query = build_problem(args)
-    attention = second_order_attention() if args.method in WHOLE_GRAPH else contextlib.nullcontext()
-    phi_init = {k: v.detach().clone() for k, v in phi.items()}
-    with attention, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RuntimeWarning)
-        run_once(args, objective, theta0, phi, warm_batches, query)  # K-independent warm-up
-        gc.collect()
-        times, grad = [], None
+    problem = build_problem(args)
+    phi_init = {k: v.detach().clone() for k, v in problem[2].items()}
+    methods = ["plain", *args.methods]
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    out: dict[str, dict] = {m: {} for m in methods}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # reported by the memory workers
+        for method in methods:
+            try:
+                _call(method, args, problem, phi_init, args.k)
+            except Exception as error:  # a failing row must not stop the others
+                out[method]["error"] = f"{type(error).__name__}: {error}"[:200]
+        live = [m for m in methods if "error" not in out[m]]
         for repeat in range(args.repeats):
-            with torch.no_grad():
-                for name, value in phi_init.items():
-                    phi[name].copy_(value)
-            synchronize(args.device)
-            with PeakMemory(args.device) if repeat == 0 else contextlib.nullcontext() as meter:
-                start = time.perf_counter()
-                out, _ = run_once(args, objective, theta0, phi, batches, query)
-                synchronize(args.device)
-                times.append(time.perf_counter() - start)
-            if repeat == 0:
-                peak = meter.peak_mib
-                grad = out
-            del out
-            gc.collect()
-    result = {"seconds": statistics.median(times), "peak_mib": peak}
+            shift = repeat % len(live)
+            for method in live[shift:] + live[:shift]:
+                _, seconds = _call(method, args, problem, phi_init, args.k)
+                times[method].append(seconds)
+                gc.collect()
+    for method in live:
+        out[method]["seconds"] = statistics.median(times[method])
+    return out
+
+
+def memory_worker(args) -> dict[str, float]:
+    """Peak memory of ONE call of ``args.method`` in a fresh process (after a K = 1 warm-up),
+    its hypergradient's norm and any RuntimeWarning."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    problem = build_problem(args)
+    theta0, phi = problem[1], problem[2]
+    phi_init = {k: v.detach().clone() for k, v in phi.items()}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        _call(args.method, args, problem, phi_init, 1)  # K-independent warm-up
+        gc.collect()
+        with PeakMemory(args.device) as meter:
+            grad, _ = _call(args.method, args, problem, phi_init, args.k)
+    result = {"peak_mib": meter.peak_mib}
     flagged = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     if flagged:
         result["warning"] = flagged[0][:160]
@@ -266,6 +304,16 @@ def worker(args) -> dict[str, float]:
     result["n_theta"] = sum(v.numel() for v in theta0.values())
     result["n_phi"] = sum(v.numel() for v in phi.values())
     return result
+
+
+def _subprocess(extra: list[str], shared: list[str]) -> dict:
+    command = [sys.executable, __file__, "--worker", *extra, *shared]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or ["?"]
+        tail = next((line for line in reversed(lines) if "Error" in line), lines[-1])
+        return {"error": tail.strip()[:200]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -282,27 +330,32 @@ def main() -> None:
     parser.add_argument("--outer-lr", type=float, default=1e-3)
     parser.add_argument("--terms", type=int, default=8, help="Neumann terms / CG iterations")
     parser.add_argument("--damping", type=float, default=0.0, help="neumann/cg: H + damping*I")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls (median)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds (median)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="K = 1 4, 1 repeat, 3 methods")
+    parser.add_argument("--quick", action="store_true", help="K = 1 4, 3 rounds, 4 methods")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--k", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--measure", choices=("time", "memory"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args)))
+        if args.measure == "time":
+            print(json.dumps(time_worker(args)))
+        else:
+            print(json.dumps(memory_worker(args)))
         return
     if args.quick:
-        args.ks, args.repeats = [1, 4], 1
-        args.methods = [m for m in args.methods if m in ("unrolled", "first_order", "higher")]
+        args.ks, args.repeats = [1, 4], 3
+        quick = ("unrolled", "first_order", "truncated", "higher")
+        args.methods = [m for m in args.methods if m in quick]
 
     torch.set_num_threads(args.threads)
     print(hardware_line(args.device))
     print(
         f"preset {args.preset} (policy + reward model, LoRA r=8), batch {args.batch} x "
         f"({args.prompt_len} + {args.response_len} + eos) tokens, α={args.lr}, "
-        f"terms={args.terms}, damping={args.damping}, {args.repeats} timed repeat(s), "
+        f"terms={args.terms}, damping={args.damping}, {args.repeats} interleaved timed rounds, "
         f"threads={args.threads}\n"
     )
     forwarded = [
@@ -322,17 +375,15 @@ def main() -> None:
     ]
     shared = [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in forwarded]
     results: dict[tuple[str, int], dict] = {}
-    for method in ("plain", *args.methods):
-        for k in args.ks:
-            command = [sys.executable, __file__, "--worker", f"--method={method}", f"--k={k}"]
-            done = subprocess.run(command + shared, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                lines = done.stderr.strip().splitlines() or ["?"]
-                tail = next((line for line in reversed(lines) if "Error" in line), lines[-1])
-                results[(method, k)] = {"error": tail.strip()[:200]}
-            else:
-                results[(method, k)] = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"  {method:12s} K={k:<3d} {results[(method, k)]}", file=sys.stderr)
+    for k in args.ks:
+        timed = _subprocess([f"--k={k}", "--measure=time", "--methods", *args.methods], shared)
+        for method in ("plain", *args.methods):
+            row = dict(timed.get(method, {})) if "error" not in timed else dict(timed)
+            if "error" not in row:
+                memory = _subprocess([f"--k={k}", "--measure=memory", f"--method={method}"], shared)
+                row.update(memory)
+            results[(method, k)] = row
+            print(f"  {method:12s} K={k:<3d} {row}", file=sys.stderr)
 
     first = next((r for r in results.values() if "n_theta" in r), {})
     print(f"|θ| = {first.get('n_theta', '?')}, |φ| = {first.get('n_phi', '?')}")
@@ -351,7 +402,7 @@ def main() -> None:
             ratio = (
                 ""
                 if method == "plain" or "error" in base
-                else (f" / {row['seconds'] / base['seconds']:.1f}x")
+                else (f" / {row['seconds'] / base['seconds']:.2f}x")
             )
             mark = " (w)" if "warning" in row else ""
             cells.append(f"{row['seconds']:.3f} s{ratio} / {row['peak_mib']:.1f}{mark}")
