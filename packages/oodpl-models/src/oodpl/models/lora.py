@@ -183,8 +183,11 @@ def second_order_attention() -> Iterator[None]:
 
     The fused SDPA kernels (flash / efficient / cuDNN, and the flash kernel PyTorch picks on CPU)
     have no derivative of their backward, so Hessian-vector products through a model built with
-    ``attn_implementation="sdpa"`` fail outside this context. ``"eager"`` attention works without
-    it (its softmax runs in float32, so float64 checks are limited to ~1e-7 relative precision).
+    ``attn_implementation="sdpa"`` fail outside this context. ``oodpl.core.hypergrad`` applies
+    the same restriction itself, only around the steps it differentiates twice (so its inner
+    steps keep the fused kernels); use this context for your own double backward (e.g. autograd
+    through a whole unrolled graph). ``"eager"`` attention works without it (its softmax runs in
+    float32, so float64 checks are limited to ~1e-7 relative precision).
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
 

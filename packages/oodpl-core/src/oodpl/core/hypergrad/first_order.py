@@ -10,7 +10,11 @@ first-order gradients at ``θ^k ± εv`` with ``ε = R/‖v‖`` (DARTS-style)::
 Two first-order backward passes per inner step and no double backward, so it works with fused
 attention kernels (SDPA / flash) that have no second derivative. The error per product is
 ``O(R²)`` (third derivatives of ``L_in``), so the result converges to the unrolled hypergradient
-as ``R → 0`` until floating-point cancellation dominates (keep R ≈ 1e-2 in float32).
+as ``R → 0`` until floating-point cancellation dominates (keep R ≈ 1e-2 in float32). With a
+:class:`~oodpl.core.hypergrad.SeparableInnerLoss` (``φ`` only through features ``a``) the
+features are computed once per step by the inner loop, the two evaluations at ``θ^k ± εv``
+differentiate ``loss(θ, a)`` w.r.t. ``(θ, a)``, and the difference of the ``a``-gradients is
+pulled back to ``φ`` by one first-order vector-Jacobian product of ``features``.
 """
 
 from __future__ import annotations
