@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from oodpl.models import logps as logps_module
 from oodpl.models.backbone import hidden_states, output_logits
 from oodpl.models.logps import chunked_token_logps
 from oodpl.models.policy import Policy
@@ -63,9 +64,22 @@ def test_chunked_gradients_equal_unchunked(setup, chunk_size, recompute):
         assert (want - got).abs().max() <= 1e-6
 
 
-@pytest.mark.parametrize("with_grad", [False, True])
-def test_head_never_sees_more_than_chunk_rows(setup, with_grad):
+@pytest.mark.parametrize(
+    ("with_grad", "recompute", "threshold", "recomputed"),
+    [
+        (False, None, 1, False),
+        (True, True, None, True),
+        (True, False, None, False),
+        (True, None, None, False),  # default: 23 x 1k-vocab log-probs are cheaper to store
+        (True, None, 1, True),  # default above RECOMPUTE_MIN_ELEMENTS: recompute
+    ],
+)
+def test_head_never_sees_more_than_chunk_rows(
+    setup, monkeypatch, with_grad, recompute, threshold, recomputed
+):
     policy, hidden, targets = setup
+    if threshold is not None:
+        monkeypatch.setattr(logps_module, "RECOMPUTE_MIN_ELEMENTS", threshold)
     rows_seen: list[int] = []
     hook = policy.lm.get_output_embeddings().register_forward_hook(
         lambda module, args, out: rows_seen.append(args[0].shape[0])
@@ -73,15 +87,15 @@ def test_head_never_sees_more_than_chunk_rows(setup, with_grad):
     try:
         h = hidden.clone().requires_grad_(with_grad)
         with torch.set_grad_enabled(with_grad):
-            out = chunked_token_logps(policy.model, h, targets, chunk_size=6)
+            out = chunked_token_logps(policy.model, h, targets, chunk_size=6, recompute=recompute)
             if with_grad:
                 out.sum().backward()
     finally:
         hook.remove()
     assert max(rows_seen) <= 6
     # forward: ceil(23 / 6) = 4 chunks; with recompute each chunk runs again in backward
-    assert len(rows_seen) == (8 if with_grad else 4)
-    assert sum(rows_seen) == N_POSITIONS * (2 if with_grad else 1)
+    assert len(rows_seen) == (8 if recomputed else 4)
+    assert sum(rows_seen) == N_POSITIONS * (2 if recomputed else 1)
 
 
 def test_float64_model_gives_float64_logps(tokenizer):

@@ -7,12 +7,14 @@ import pytest
 import torch
 
 from oodpl.core.records import Preference
+from oodpl.models.collate import TokenizedPreference
 from oodpl.models.engine import EngineConfig
 from oodpl.models.lora import LoraSpec
 from oodpl.models.packing import (
     PackedPreferenceCollator,
     pack_pair_batch,
     pack_tokenized,
+    packed_saving,
     padding_fraction,
 )
 from oodpl.models.policy import Policy
@@ -75,19 +77,28 @@ def test_pack_tokenized_equals_pack_of_padded_batch(tokenizer, preferences) -> N
     _same_tensors(pack_tokenized(items), pack_pair_batch(collator(items)))
 
 
-def test_auto_packing_pads_batches_without_padding(tokenizer) -> None:
+def test_auto_packing_rule(tokenizer) -> None:
     collator = Policy.from_preset("pythia-tiny", tokenizer).preference_collator()
-    uneven = make_preferences(8)
-    even = [p for p in uneven if len(p.chosen) == len(p.rejected)] or uneven[:1]
-    auto = PackedPreferenceCollator(collator, mode="auto")
-    items = collator.tokenize(uneven)
-    assert padding_fraction(items) >= 0.1
-    assert "packed_input_ids" in auto(items)
-    same_length = [items[0].__class__(items[0].chosen, items[0].chosen, 0)] * 3
-    assert padding_fraction(same_length) == 0.0
-    assert "chosen_input_ids" in auto(same_length)
-    assert (auto.n_packed, auto.n_padded) == (1, 1)
-    assert even  # the fixture has at least one record
+    prompt, short, long_ = list(range(3, 63)), [5] * 10, [6] * 70
+
+    def pair(chosen, rejected):
+        return TokenizedPreference((prompt, chosen), (prompt, rejected))
+
+    uneven = [pair(short, long_), pair(long_, short)]
+    even = [pair([5] * 40, [6] * 40)] * 2
+    assert padding_fraction(uneven) == pytest.approx(1 - (70 + 130) / (2 * 130))
+    assert padding_fraction(even) == 0.0
+    assert packed_saving(even, "sequences") == 0.0
+    assert packed_saving(even, "shared_prefix") == pytest.approx(60 / 200)  # prompt once
+    sequences = PackedPreferenceCollator(collator, mode="auto", layout="sequences")
+    shared = PackedPreferenceCollator(collator, mode="auto", layout="shared_prefix")
+    assert "packed_input_ids" in sequences(uneven)
+    assert "chosen_input_ids" in sequences(even)  # nothing to save: padded
+    assert "shared_input_ids" in shared(even)  # the second prompt copy is saved
+    tiny = [TokenizedPreference(([3, 4], [5]), ([3, 4], [6, 6, 6]))] * 2  # saving, but short
+    assert packed_saving(tiny, "sequences") > 0.1
+    assert "chosen_input_ids" in sequences(tiny)
+    assert (sequences.n_packed, sequences.n_padded) == (1, 2)
 
 
 def test_packing_availability_and_errors(tokenizer, preferences) -> None:

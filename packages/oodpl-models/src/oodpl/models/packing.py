@@ -190,17 +190,44 @@ def padding_fraction(items: Sequence[TokenizedPreference]) -> float:
     return 1.0 - sum(lengths) / (len(lengths) * max(lengths))
 
 
+def shared_prefix_length(item: TokenizedPreference) -> int:
+    """``C = min(lcp(s_w, s_l), |s_w| − 1, |s_l| − 1)``: the tokens a prefix-shared segment runs
+    once for both sequences (:mod:`oodpl.models.shared_prefix`)."""
+    s_w, s_l = item.chosen[0] + item.chosen[1], item.rejected[0] + item.rejected[1]
+    common = 0
+    for a, b in zip(s_w, s_l, strict=False):
+        if a != b:
+            break
+        common += 1
+    return min(common, len(s_w) - 1, len(s_l) - 1)
+
+
+def packed_saving(items: Sequence[TokenizedPreference], layout: str = "sequences") -> float:
+    """Share of the padded batch's ``2B · max L`` token positions that packing in ``layout``
+    does not compute: padding, plus (``"shared_prefix"``) the second copy of each shared prefix."""
+    lengths = [n for item in items for n in item.lengths()]
+    packed = sum(lengths)
+    if layout == "shared_prefix":
+        packed -= sum(shared_prefix_length(item) for item in items)
+    return 1.0 - packed / (len(lengths) * max(lengths))
+
+
 PACKING_MODES = ("auto", "always", "never")
 PACKED_LAYOUTS = ("sequences", "shared_prefix")
 """``"sequences"``: the 2B sequences back to back (this module; flash-attention varlen kernels
 take it through position ids). ``"shared_prefix"``: one segment per pair with the prompt run
 once (:mod:`oodpl.models.shared_prefix`)."""
 AUTO_PACKING_MIN_PADDING = 0.1
-"""``packing="auto"`` packs a batch when at least this share of its padded form is padding.
+"""``packing="auto"`` packs a batch when packing saves at least this share of the padded batch's
+token positions (:func:`packed_saving`) ...
 
 Below it the padded batch is as fast or faster: one batched attention call per layer against one
-per sequence (measured on CPU, pythia-tiny, 8 pairs of 64 + 63 tokens: packed 1.0-1.2x the time
-of padded with no padding; 2-2.6x faster with responses of 32-512 tokens)."""
+or two per packed segment (measured on CPU, pythia-tiny, 8 pairs of 64 + 63 tokens, no padding:
+separate sequences packed 0.9-1.1x the time of padded; prefix-shared 0.75x)."""
+AUTO_PACKING_MIN_MEAN_LENGTH = 64
+"""... and its sequences are on average at least this many tokens long: for short sequences the
+per-segment attention calls cost more than the saved positions (pythia-tiny, 16 pairs of
+16 + 16 tokens: prefix-shared 1.3x, separate sequences 1.1-1.4x the time of padded)."""
 
 
 class PackedPreferenceCollator:
@@ -209,8 +236,9 @@ class PackedPreferenceCollator:
 
     ``PackedPreferenceCollator(policy.preference_collator(**overrides))`` keeps the model's
     tokenisation and truncation settings; padding side does not matter (padding is dropped).
-    ``mode="always"`` packs every batch; ``"auto"`` packs when :func:`padding_fraction` of the
-    batch is at least ``min_padding`` (default :data:`AUTO_PACKING_MIN_PADDING`). Both forms give
+    ``mode="always"`` packs every batch; ``"auto"`` packs when :meth:`worth_packing` (packing
+    saves at least ``min_padding`` of the positions, default :data:`AUTO_PACKING_MIN_PADDING`,
+    and sequences are not short). Both forms give
     the same per-pair results (to float rounding), see :mod:`oodpl.models.packed_forward`.
     ``layout`` is one of :data:`PACKED_LAYOUTS`. Counters ``n_packed`` / ``n_padded`` say how
     many batches took each form.
@@ -258,9 +286,16 @@ class PackedPreferenceCollator:
         """:meth:`PreferenceCollator.tokenize` of the wrapped collator."""
         return self.collator.tokenize(records)
 
+    def worth_packing(self, items: Sequence[TokenizedPreference]) -> bool:
+        """The ``"auto"`` rule: :func:`packed_saving` >= ``min_padding`` and a mean sequence
+        length >= :data:`AUTO_PACKING_MIN_MEAN_LENGTH`."""
+        lengths = [n for item in items for n in item.lengths()]
+        long_enough = sum(lengths) >= AUTO_PACKING_MIN_MEAN_LENGTH * len(lengths)
+        return long_enough and packed_saving(items, self.layout) >= self.min_padding
+
     def __call__(self, records: Sequence[Any]) -> Batch:
         items = self.collator.tokenize(records)
-        if self.mode == "auto" and padding_fraction(items) < self.min_padding:
+        if self.mode == "auto" and not self.worth_packing(items):
             self.n_padded += 1
             return self.collator(items)
         self.n_packed += 1
@@ -268,6 +303,7 @@ class PackedPreferenceCollator:
 
 
 __all__ = [
+    "AUTO_PACKING_MIN_MEAN_LENGTH",
     "AUTO_PACKING_MIN_PADDING",
     "PACKED_KEYS",
     "PACKED_LAYOUTS",
@@ -278,6 +314,8 @@ __all__ = [
     "pack_pair_batch",
     "pack_sequences",
     "pack_tokenized",
+    "packed_saving",
     "padding_fraction",
     "sequence_index",
+    "shared_prefix_length",
 ]

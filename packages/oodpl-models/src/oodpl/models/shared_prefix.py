@@ -57,6 +57,7 @@ from oodpl.models.backbone import _accepts_position_ids, unwrap
 from oodpl.models.collate import Batch, TokenizedPreference
 from oodpl.models.logps import DEFAULT_CHUNK_SIZE, chunked_token_logps
 from oodpl.models.packed_forward import _attention_implementation, _checkpointing, supports_varlen
+from oodpl.models.packing import shared_prefix_length
 
 SHARED_PREFIX_ATTENTION = "oodpl_shared_prefix"
 SHARED_KEYS = (
@@ -91,15 +92,6 @@ def is_shared_prefix_batch(batch: Mapping[str, Any]) -> bool:
     return isinstance(batch, Mapping) and all(key in batch for key in SHARED_KEYS)
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def pack_shared_prefix(items: Sequence[TokenizedPreference]) -> Batch:
     """Pre-tokenised pairs -> a prefix-shared packed batch (module docstring)."""
     if not items:
@@ -121,7 +113,7 @@ def pack_shared_prefix(items: Sequence[TokenizedPreference]) -> Batch:
                 "(a response token cannot sit at position 0)"
             )
         s_w, s_l = x_w + y_w, x_l + y_l
-        shared = min(_common_prefix(s_w, s_l), len(s_w) - 1, len(s_l) - 1)
+        shared = shared_prefix_length(item)
         start = bounds[-1]
         tail_w, tail_l = len(s_w) - shared, len(s_l) - shared
         ids += s_w
