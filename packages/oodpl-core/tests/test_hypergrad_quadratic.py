@@ -138,14 +138,16 @@ def test_truncated_equals_jacobian_of_the_last_t_steps(truncate):
 
 
 def test_first_order_is_exact_up_to_round_off_on_quadratics():
-    """``∇L_in`` is affine in θ, so the central differences of first-order gradients are exact."""
+    """``∇L_in`` is affine in θ, so the central (and one-sided) differences of first-order
+    gradients are exact."""
     inner, outer, outer_grad, theta0, phi, batches = make_problem(4, 6)
     _, expected = closed_form_unrolled(batches, theta0, phi, 0.3, outer_grad)
     for radius in (1e-1, 1e-3):
-        result = first_order_hypergradient(
-            inner, outer, theta0, phi, batches, None, lr=0.3, radius=radius
-        )
-        assert (as_flat_grad(result) - expected).abs().max() < 1e-9
+        for scheme in ("central", "forward"):  # forward: one-sided, also exact when affine
+            result = first_order_hypergradient(
+                inner, outer, theta0, phi, batches, None, lr=0.3, radius=radius, scheme=scheme
+            )
+            assert (as_flat_grad(result) - expected).abs().max() < 1e-9, scheme
 
 
 def implicit_closed_form(batch, phi, outer_grad):

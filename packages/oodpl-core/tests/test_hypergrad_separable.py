@@ -105,6 +105,8 @@ def rel_err(a, b):
         ("truncated", {"truncate": 2}, 1e-10),
         ("first_order", {"radius": 1e-3}, 1e-9),
         ("first_order", {"radius": 1e-3, "truncate": 1}, 1e-9),
+        ("first_order", {"radius": 1e-3, "scheme": "forward"}, 1e-9),
+        ("first_order", {"radius": 1e-3, "scheme": "forward", "truncate": 2}, 1e-9),
         ("neumann", {"terms": 3}, 1e-10),
         ("cg", {"terms": 2}, 1e-10),
     ],
@@ -161,6 +163,8 @@ def test_separable_cost_model():
         ("unrolled", ()): (4 + 4, 4 + 3),
         ("truncated", (("truncate", 2),)): (4 + 2, 4 + 1),
         ("first_order", ()): (4 + 4, 4 + 2 * 4),
+        ("first_order", (("scheme", "forward"),)): (4 + 4, 4 + 4),
+        ("first_order", (("scheme", "forward"), ("truncate", 3))): (4 + 3, 4 + 3),
     }
     for (method, options), (n_features, n_loss) in expected.items():
         counts.update(features=0, loss=0)
@@ -222,3 +226,26 @@ def test_exact_products_run_sdpa_on_its_math_kernel_only_where_differentiated_tw
         inner, outer, theta0, phi, [None] * 3, None, lr=0.3, method="first_order"
     )
     assert rel_err(approx.grad, reference) < 1e-3
+
+
+@pytest.mark.parametrize("separable", [True, False])
+def test_forward_differences_converge_to_unrolled_like_radius(separable):
+    """One-sided differences against the inner loop's gradients: error ``O(R)`` (first order
+    in R, unlike the central scheme's ``O(R²)``), and a wrong scheme name is refused."""
+    features, loss, outer, theta0, phi, batches, outer_batch = make_problem(5)
+    separable_loss = SeparableInnerLoss(features, loss)
+    inner = separable_loss if separable else (lambda t, p, b: separable_loss(t, p, b))
+    args = (inner, outer, theta0, phi, batches, outer_batch)
+    exact = unrolled_hypergradient(*args, lr=0.4).grad
+    errors = {}
+    for radius in (1e-1, 1e-2, 1e-3):
+        approx = hypergradient(*args, lr=0.4, method="first_order", radius=radius, scheme="forward")
+        errors[radius] = rel_err(approx.grad, exact)
+    central = hypergradient(*args, lr=0.4, method="first_order", radius=1e-2)
+    print("forward-difference relative error by radius:", errors)
+    for radius, error in errors.items():
+        assert error < 2.0 * radius, radius
+    assert 3 < errors[1e-1] / errors[1e-2] < 30  # first-order convergence, not luck
+    assert errors[1e-2] > 10 * rel_err(central.grad, exact)  # central is more accurate
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        hypergradient(*args, lr=0.4, method="first_order", scheme="backward")

@@ -184,11 +184,22 @@ def test_hypergradient_variants_through_the_trainer(tokenizer):
     one_step, _ = _one_meta_step(
         policy, reward_model, domains, method="truncated", method_options={"truncate": 1}
     )
+    forward, _ = _one_meta_step(  # one-sided differences against the inner loop's gradients
+        policy,
+        reward_model,
+        domains,
+        method="first_order",
+        method_options={"radius": 1e-4, "scheme": "forward"},
+    )
     flat = {name: torch.cat([g.flatten() for g in d.values()]) for name, d in [
         ("exact", exact), ("truncated2", full_truncation), ("first_order", first_order),
         ("truncated1", one_step)]}  # fmt: skip
     torch.testing.assert_close(flat["truncated2"], flat["exact"], rtol=1e-10, atol=1e-13)
     torch.testing.assert_close(flat["first_order"], flat["exact"], rtol=1e-4, atol=1e-8)
+    forward_flat = torch.cat([g.flatten() for g in forward.values()])
+    # O(R) truncation error: compared as a whole vector
+    assert float((forward_flat - flat["exact"]).norm() / flat["exact"].norm()) < 1e-3
+    assert not torch.equal(forward_flat, flat["first_order"])
     cosine = torch.nn.functional.cosine_similarity(flat["truncated1"], flat["exact"], dim=0)
     assert 0.0 < float(cosine) < 1.0 - 1e-9  # an approximation, pointing the same way
     for method in ("neumann", "cg"):

@@ -446,3 +446,46 @@ def separable_finite_difference_products(
     hvp = {k: (plus_theta[k] - minus_theta[k]) * factor for k in theta}
     mixed = features_vjp(inner_loss, phi, batch, (plus_a - minus_a) * factor, where=where)
     return SecondOrderProducts(hvp, mixed)
+
+
+def forward_difference_products(
+    inner_loss: InnerLoss,
+    theta: Params,
+    phi: Params,
+    batch: Any,
+    vector: Params,
+    base_theta: Params,
+    base_phi: Params,
+    *,
+    radius: float,
+    features: Tensor | None = None,
+    where: str = "",
+) -> SecondOrderProducts:
+    """``H v`` and ``J ᵀv`` by one-sided differences from gradients already known at ``θ``.
+
+    ``H v ≈ [∇_θ L(θ+εv) − ∇_θ L(θ)]/ε`` and ``J ᵀv ≈ [∇_φ L(θ+εv) − ∇_φ L(θ)]/ε`` with
+    ``ε = R/‖v‖``; ``base_theta = ∇_θ L(θ)`` and ``base_phi`` (``∇_φ L(θ)``, or for a
+    :class:`SeparableInnerLoss` with ``features`` given, ``∇_a loss(θ, a)``) come from the inner
+    loop, so each product costs ONE gradient evaluation (plus, for a separable loss, one
+    vector-Jacobian product of ``features``). Truncation error ``O(R)`` (central: ``O(R²)``).
+    """
+    size = float(norm(vector))
+    if size == 0.0:
+        return SecondOrderProducts(zeros_like(detach(theta)), zeros_like(detach(phi)))
+    if not math.isfinite(size):
+        raise FloatingPointError(f"non-finite vector in a finite-difference product ({where})")
+    eps = radius / size
+    shifted = add(theta, vector, eps)
+    if isinstance(inner_loss, SeparableInnerLoss) and features is not None:
+        _, plus_theta, plus_a = separable_gradients(
+            inner_loss, shifted, features, batch, wrt_features=True, where=where
+        )
+        assert plus_a is not None and isinstance(base_phi, Tensor)
+        hvp = {k: (plus_theta[k] - base_theta[k]) / eps for k in theta}
+        mixed = features_vjp(inner_loss, phi, batch, (plus_a - base_phi) / eps, where=where)
+        return SecondOrderProducts(hvp, mixed)
+    plus = inner_gradients(inner_loss, shifted, phi, batch, wrt_phi=True, where=where)
+    assert plus.phi is not None
+    hvp = {k: (plus.theta[k] - base_theta[k]) / eps for k in theta}
+    mixed = {k: (plus.phi[k] - base_phi[k]) / eps for k in phi}
+    return SecondOrderProducts(hvp, mixed)

@@ -102,9 +102,24 @@ class Unrolled(NamedTuple):
     features: list[Features]
     inner_losses: list[float]
     last_graph: StepGraph | None = None
+    gradients: tuple[BaseGradient, ...] = ()
 
 
-def unroll(inputs: CheckedInputs, *, keep_last: int = 0, last_graph: bool = False) -> Unrolled:
+class BaseGradient(NamedTuple):
+    """``∇_θ L_in(θ^k)`` and the ``φ``-side gradient (``∇_a loss`` of a separable loss, else
+    ``∇_φ L_in``) at an inner iterate, kept for one-sided finite differences."""
+
+    theta: Params
+    side: Tensor | Params
+
+
+def unroll(
+    inputs: CheckedInputs,
+    *,
+    keep_last: int = 0,
+    last_graph: bool = False,
+    keep_gradients: bool = False,
+) -> Unrolled:
     """Run the K inner SGD steps ``θ^{k+1} = θ^k − α ∇_θ L_in(θ^k; φ, batch_k)`` without graphs.
 
     ``iterates`` holds the last ``keep_last`` iterates ``θ^{K-keep_last} .. θ^{K-1}`` (detached;
@@ -113,7 +128,9 @@ def unroll(inputs: CheckedInputs, *, keep_last: int = 0, last_graph: bool = Fals
     graph) and the kept steps' ``a_k`` are returned in ``features`` for the reverse pass (one
     small tensor per step); otherwise ``features`` holds ``None``. With ``last_graph`` the last
     step's gradient is taken with ``create_graph=True`` and returned as ``last_graph`` (a
-    :class:`StepGraph`) for the reverse pass to reuse: one step's graph, whatever K.
+    :class:`StepGraph`) for the reverse pass to reuse: one step's graph, whatever K. With
+    ``keep_gradients`` the kept steps' gradients are returned too (:class:`BaseGradient`, one
+    more LoRA-sized vector per kept step), the ``φ``-side one from the same backward pass.
     """
     theta = detach(inputs.theta0)
     phi = detach(inputs.phi)
@@ -123,10 +140,12 @@ def unroll(inputs: CheckedInputs, *, keep_last: int = 0, last_graph: bool = Fals
     maxlen = keep_last if keep_last > 0 else 0
     iterates: deque[Params] = deque(maxlen=maxlen)
     kept_features: deque[Features] = deque(maxlen=maxlen)
+    kept_gradients: deque[BaseGradient] = deque(maxlen=maxlen)
     losses: list[float] = []
     for step, batch in enumerate(inputs.inner_batches):
         where = f"inner step {step}"
         features: Features = None
+        side: Tensor | Params | None = None
         if separable:
             features = batch_features(loss_fn, phi, batch, where=where)  # type: ignore[arg-type]
         if last_graph and step == len(inputs.inner_batches) - 1:
@@ -136,13 +155,23 @@ def unroll(inputs: CheckedInputs, *, keep_last: int = 0, last_graph: bool = Fals
                 graph = step_graph(loss_fn, theta, phi, batch, where=where)
             loss, grad = graph.loss_value, graph.gradient()
         elif separable:
-            loss, grad, _ = separable_gradients(loss_fn, theta, features, batch, where=where)  # type: ignore[arg-type]
+            loss, grad, side = separable_gradients(
+                loss_fn,  # type: ignore[arg-type]
+                theta,
+                features,  # type: ignore[arg-type]
+                batch,
+                wrt_features=keep_gradients,
+                where=where,
+            )
         else:
-            grads = inner_gradients(loss_fn, theta, phi, batch, where=where)
-            loss, grad = grads.loss, grads.theta
+            grads = inner_gradients(loss_fn, theta, phi, batch, wrt_phi=keep_gradients, where=where)
+            loss, grad, side = grads.loss, grads.theta, grads.phi
         if keep_last > 0:
             iterates.append(theta)
             kept_features.append(features)
+            if keep_gradients:
+                assert side is not None
+                kept_gradients.append(BaseGradient(grad, side))
         losses.append(loss)
         theta = {k: theta[k] - inputs.lr * grad[k] for k in theta}
         if not all_finite(theta):
@@ -150,7 +179,9 @@ def unroll(inputs: CheckedInputs, *, keep_last: int = 0, last_graph: bool = Fals
                 f"inner iterate became non-finite at inner step {step} (lr={inputs.lr}); "
                 "lower lr or check inner_loss"
             )
-    return Unrolled(theta, list(iterates), list(kept_features), losses, graph)
+    return Unrolled(
+        theta, list(iterates), list(kept_features), losses, graph, tuple(kept_gradients)
+    )
 
 
 def make_result(

@@ -150,7 +150,8 @@ def implicit_hypergradient(
     threshold = check_positive(tol, "tol", allow_zero=True)
     batch = inputs.inner_batches[-1] if hessian_batch is _NO_BATCH else hessian_batch
 
-    theta_k, _, _, inner_losses, _ = unroll(inputs)
+    unrolled = unroll(inputs)
+    theta_k, inner_losses = unrolled.theta, unrolled.inner_losses
     outer_value, v = outer_gradient(inputs.outer_loss, theta_k, outer_batch, where="at θ^K")
     apply = _damped_hvp(inputs, theta_k, batch, lam)
     if method == "neumann":

@@ -17,7 +17,7 @@ sweep are reused, ``H_k v`` and ``c_k = ∂_a <∇_θ L_in, v>`` come from one d
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from oodpl.core.hypergrad._autodiff import (
     Features,
@@ -31,6 +31,7 @@ from oodpl.core.hypergrad._autodiff import (
 from oodpl.core.hypergrad._common import (
     CheckedInputs,
     HypergradResult,
+    Unrolled,
     check_inputs,
     make_result,
     unroll,
@@ -57,10 +58,16 @@ class ExactProducts:
     and handed over through :attr:`pending`, so the reverse pass rebuilds only ``T − 1`` steps.
     """
 
+    unroll_options: ClassVar[dict[str, bool]] = {"last_graph": True}
+
     def __init__(self, inputs: CheckedInputs) -> None:
         self.phi = detach(inputs.phi)
         self.loss = inputs.inner_loss
         self.pending: dict[int, StepGraph] = {}
+
+    def prepare(self, unrolled: Unrolled, steps: int) -> None:
+        if unrolled.last_graph is not None:
+            self.pending[steps - 1] = unrolled.last_graph
 
     def __call__(
         self, theta: Params, features: Features, batch: Any, v: Params, step: int, hvp: bool
@@ -115,12 +122,15 @@ def iterative_hypergradient(
     products: ProductFunction,
     method: str,
 ) -> HypergradResult:
-    reuse = isinstance(products, ExactProducts)
-    unrolled = unroll(inputs, keep_last=truncate, last_graph=reuse)
-    theta_k, iterates, features, inner_losses, last_graph = unrolled
-    if reuse and last_graph is not None:
-        products.pending[len(inputs.inner_batches) - 1] = last_graph  # type: ignore[attr-defined]
-    del unrolled, last_graph
+    """Inner loop, ``∇_θ L_out(θ^K)``, reverse recurrence. A ``products`` object may ask the inner
+    loop for more (``unroll_options``, e.g. the last step's graph) and receive it (``prepare``)."""
+    unrolled = unroll(inputs, keep_last=truncate, **getattr(products, "unroll_options", {}))
+    prepare = getattr(products, "prepare", None)
+    if prepare is not None:
+        prepare(unrolled, len(inputs.inner_batches))
+    theta_k, iterates, features = unrolled.theta, unrolled.iterates, unrolled.features
+    inner_losses = unrolled.inner_losses
+    del unrolled
     outer_loss, v = outer_gradient(inputs.outer_loss, theta_k, outer_batch, where="at θ^K")
     batches = inputs.inner_batches
     grad = reverse_recurrence(products, iterates, features, batches, inputs.phi, v, inputs.lr)
