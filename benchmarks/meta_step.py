@@ -16,13 +16,16 @@ Rows:
   (fused SDPA) attention kernels; the denominator of every ratio;
 * a meta-step: ``oodpl.core.hypergrad.hypergradient(method=…)`` over K support batches and the
   query batch, then an SGD step on φ. ``unrolled`` (exact), ``truncated`` (T = 1),
-  ``first_order`` (R = 0.01, finite differences of first-order gradients), ``neumann`` and
-  ``cg`` (``--terms`` each). ``θ`` and ``φ`` are the only tensors differentiated (the base
-  weights are frozen). The models keep their fused SDPA kernels; the exact methods restrict
-  SDPA to its math kernel only inside the steps they differentiate twice (the fused kernels
-  have no double backward), as in ``train_meta``; ``first_order`` never needs it. ``L_in`` is a
-  ``SeparableInnerLoss`` (``φ`` only through the support rewards), so each support batch is
-  scored once per meta-step and ``φ`` gets one reward-model VJP per reverse step;
+  ``first_order`` (R = 0.01, central finite differences of first-order gradients),
+  ``first_order_fwd`` (the same with ``scheme="forward"``: one-sided differences against the
+  inner loop's gradients, one gradient evaluation per reverse step, ``O(R)`` error),
+  ``neumann`` and ``cg`` (``--terms`` each). ``θ`` and ``φ`` are the only tensors
+  differentiated (the base weights are frozen). The models keep their fused SDPA kernels;
+  the exact methods restrict SDPA to its math kernel only inside the steps they differentiate
+  twice (the fused kernels have no double backward), as in ``train_meta``; ``first_order``
+  never needs it. ``L_in`` is a ``SeparableInnerLoss`` (``φ`` only through the support
+  rewards), so each support batch is scored once per meta-step and ``φ`` gets one
+  reward-model VJP per reverse step;
 * ``full_graph``: plain autograd through all K steps with ``create_graph=True`` (what the reverse
   recurrence avoids; memory grows with K; SDPA on its math kernel throughout);
 * ``higher``: the same unrolled problem through the ``higher`` library (``innerloop_ctx`` around
@@ -88,12 +91,13 @@ from oodpl.models.lora import LoraSpec, second_order_attention
 from oodpl.models.policy import Policy
 from oodpl.models.reward_model import RewardModel
 
-METHODS = {
-    "unrolled": {},
-    "truncated": {"truncate": 1},
-    "first_order": {"radius": 0.01},
-    "neumann": {},
-    "cg": {},
+METHODS = {  # row -> (oodpl.core.hypergrad method, options)
+    "unrolled": ("unrolled", {}),
+    "truncated": ("truncated", {"truncate": 1}),
+    "first_order": ("first_order", {"radius": 0.01}),
+    "first_order_fwd": ("first_order", {"radius": 0.01, "scheme": "forward"}),
+    "neumann": ("neumann", {}),
+    "cg": ("cg", {}),
 }
 # rows that build graphs through every step themselves: SDPA restricted to its math kernel
 # throughout (oodpl's hypergradients restrict it only inside their double-backward steps)
@@ -215,8 +219,8 @@ def run_once(method, args, objective, theta0, phi, batches, query):
     elif method == "higher":
         grad = higher_unrolled(objective, theta0, phi, batches, query, args.lr)
     else:
-        options = dict(METHODS[method])
-        if method in ("neumann", "cg"):
+        name, options = METHODS[method][0], dict(METHODS[method][1])
+        if name in ("neumann", "cg"):
             options.update(terms=args.terms, damping=args.damping)
         grad = hypergradient(
             objective.inner_loss,
@@ -226,7 +230,7 @@ def run_once(method, args, objective, theta0, phi, batches, query):
             batches,
             query,
             lr=args.lr,
-            method=method,
+            method=name,
             **options,
         ).grad
     with torch.no_grad():  # the outer SGD step on φ (paper: SGD)
@@ -347,7 +351,7 @@ def main() -> None:
         return
     if args.quick:
         args.ks, args.repeats = [1, 4], 3
-        quick = ("unrolled", "first_order", "truncated", "higher")
+        quick = ("unrolled", "first_order", "first_order_fwd", "higher")
         args.methods = [m for m in args.methods if m in quick]
 
     torch.set_num_threads(args.threads)
