@@ -170,3 +170,21 @@ def test_attention_function_refuses_unpacked_calls() -> None:
     q = torch.zeros(2, 4, 3, 8)
     with pytest.raises(ValueError, match=SHARED_PREFIX_ATTENTION):
         shared_prefix_attention_forward(torch.nn.Identity(), q, q, q, None)
+
+
+@pytest.mark.parametrize("preset", CAUSAL)
+def test_pairs_with_equal_branch_lengths_batch_together(tokenizer, preset) -> None:
+    """Fixed lengths: every pair has the same (C, R_w, R_l), attention runs batched."""
+    policy = Policy.from_preset(preset, tokenizer, seed=0)
+    collator = policy.preference_collator()
+    prompt = [5, 6, 7, 8]
+    items = [
+        TokenizedPreference((prompt, [30 + i, 10, 2]), (prompt, [40, 50 + i, 2]), i)
+        for i in range(3)
+    ]
+    items.append(TokenizedPreference((prompt, [20, 2]), (prompt, [21, 22, 23, 2]), 3))
+    batch = pack_shared_prefix(items)
+    assert batch["branch_lengths"].tolist()[:3] == [[4, 3, 3]] * 3
+    expected = policy.preference_logps(collator(items))
+    for got, want in zip(policy.preference_logps(batch), expected, strict=True):
+        torch.testing.assert_close(got.double(), want.double(), rtol=0, atol=1e-5)

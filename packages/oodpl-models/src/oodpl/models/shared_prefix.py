@@ -32,8 +32,9 @@ Batch (``pack_shared_prefix``)::
 (a response token inside the shared part is scored for both sequences: it appears twice.)
 
 Attention runs per segment with two ``scaled_dot_product_attention`` calls: ``c ⊕ t_w`` causally
-on itself, and ``t_l`` against ``c ⊕ t_l`` with a lower-right-aligned causal bias
-(``torch.nn.attention.bias.causal_lower_right``): no ``N × N`` mask. That attention function is
+on itself, and ``t_l`` against ``c ⊕ t_l`` with a lower-right-aligned causal mask
+(``[R_l, C + R_l]``, built once per forward): no ``N × N`` mask. Pairs with identical branch
+lengths (all of them at fixed lengths) share one batched call per branch. That attention function is
 registered with ``transformers.AttentionInterface`` (``"oodpl_shared_prefix"``) and selected for
 the forward only; where it cannot be used (activation checkpointing re-runs layers outside this
 forward; flash-attention models) the same mask is passed explicitly as a ``[1, 1, N, N]`` tensor.
@@ -50,7 +51,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.nn.attention.bias import causal_lower_right
 from transformers import AttentionInterface
 
 from oodpl.models.backbone import _accepts_position_ids, unwrap
@@ -71,7 +71,35 @@ SHARED_KEYS = (
     "target_owner",
     "n_pairs",
 )
-_LAYOUT: contextvars.ContextVar[list[tuple[int, int, int]] | None] = contextvars.ContextVar(
+
+
+class _Layout:
+    """The branch lengths of one packed row, grouped for batched attention calls.
+
+    Pairs with identical ``(C, R_w, R_l)`` (every pair, at fixed lengths) run as one batched
+    ``scaled_dot_product_attention`` call per branch; the lower-right causal masks of the
+    rejected branch are built once per forward and reused by every layer.
+    """
+
+    def __init__(self, branches: list[tuple[int, int, int]]) -> None:
+        self.branches = branches
+        self.sizes = [n for c, w, l_ in branches for n in (c + w, l_)]
+        groups: dict[tuple[int, int, int], list[int]] = {}
+        for index, branch in enumerate(branches):
+            groups.setdefault(branch, []).append(index)
+        self.groups = list(groups.items())
+        self._masks: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+
+    def rejected_mask(self, shared: int, tail: int, device: torch.device) -> torch.Tensor:
+        """``[R_l, C + R_l]``: row i sees the prefix and tail tokens 0..i (lower-right causal)."""
+        key = (shared, tail, device)
+        if key not in self._masks:
+            full = torch.ones(tail, shared + tail, dtype=torch.bool, device=device)
+            self._masks[key] = full.tril(shared)
+        return self._masks[key]
+
+
+_LAYOUT: contextvars.ContextVar[_Layout | None] = contextvars.ContextVar(
     "oodpl_shared_prefix_layout", default=None
 )
 
@@ -125,17 +153,21 @@ def pack_shared_prefix(items: Sequence[TokenizedPreference]) -> Batch:
         reward[b] = start + len(s_w) - 1
         reward[n + b] = bounds[-1] - 1
 
-        def index_l(p: int, start: int = start, shared: int = shared, tail_w: int = tail_w) -> int:
-            return start + p if p < shared else start + tail_w + p
-
-        for p in range(len(x_w), len(s_w)):
-            targets.append(start + p)
-            predictors.append(start + p - 1)
-            owners.append(b)
-        for p in range(len(x_l), len(s_l)):
-            targets.append(index_l(p))
-            predictors.append(index_l(p - 1))
-            owners.append(n + b)
+        # chosen: position p sits at start + p; rejected: at start + p below the shared prefix,
+        # start + tail_w + p from it on (ranges, not per-token calls: this runs every batch)
+        n_w = len(s_w) - len(x_w)
+        targets += range(start + len(x_w), start + len(s_w))
+        predictors += range(start + len(x_w) - 1, start + len(s_w) - 1)
+        owners += [b] * n_w
+        first = len(x_l)  # first response position of s_l (>= 1)
+        split = max(first, shared)
+        targets += range(start + first, start + split)
+        targets += range(start + tail_w + split, start + tail_w + len(s_l))
+        # predictor of position p is p - 1, mapped with the same rule
+        split_p = max(first - 1, shared)  # first predictor position at or past the prefix
+        predictors += range(start + first - 1, start + min(split_p, len(s_l) - 1))
+        predictors += range(start + tail_w + split_p, start + tail_w + len(s_l) - 1)
+        owners += [n + b] * (len(s_l) - first)
     return {
         "shared_input_ids": torch.tensor(ids, dtype=torch.long)[None, :],
         "shared_position_ids": torch.tensor(positions, dtype=torch.long)[None, :],
@@ -181,39 +213,46 @@ def shared_prefix_attention_forward(
         )
     if attention_mask is not None:
         raise ValueError(f"{SHARED_PREFIX_ATTENTION} attention takes no attention_mask")
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
-    sizes = [n for branch in layout for n in branch]
-    # split (one cat in backward), not slicing (a full-size zero gradient per slice)
-    qs, ks, vs = (t.split(sizes, dim=2) for t in (query, key, value))
-    outputs = []
-    for b, (_, tail_w, tail_l) in enumerate(layout):
-        c, w, l_ = 3 * b, 3 * b + 1, 3 * b + 2
-        outputs.append(
-            F.scaled_dot_product_attention(
-                torch.cat([qs[c], qs[w]], dim=2),
-                torch.cat([ks[c], ks[w]], dim=2),
-                torch.cat([vs[c], vs[w]], dim=2),
-                dropout_p=dropout,
-                is_causal=True,
-                scale=scaling,
-            )
+    heads = query.shape[1] // key.shape[1]
+    if heads > 1:
+        key = key.repeat_interleave(heads, dim=1)
+        value = value.repeat_interleave(heads, dim=1)
+    # per pair: [c ⊕ t_w | t_l]; split (one cat in backward), not slicing (a full-size zero
+    # gradient per slice)
+    qs, ks, vs = (t[0].split(layout.sizes, dim=1) for t in (query, key, value))
+    n_pairs = len(layout.branches)
+    chosen: list[torch.Tensor | None] = [None] * n_pairs
+    rejected: list[torch.Tensor | None] = [None] * n_pairs
+    for (shared, _, tail_l), members in layout.groups:
+        w_idx, l_idx = [2 * b for b in members], [2 * b + 1 for b in members]
+        out_w = F.scaled_dot_product_attention(
+            torch.stack([qs[i] for i in w_idx]),
+            torch.stack([ks[i] for i in w_idx]),
+            torch.stack([vs[i] for i in w_idx]),
+            dropout_p=dropout,
+            is_causal=True,
+            scale=scaling,
         )
-        keys_l = torch.cat([ks[c], ks[l_]], dim=2)
-        outputs.append(
-            F.scaled_dot_product_attention(
-                qs[l_],
-                keys_l,
-                torch.cat([vs[c], vs[l_]], dim=2),
-                attn_mask=causal_lower_right(tail_l, keys_l.shape[2]),
-                dropout_p=dropout,
-                scale=scaling,
-            )
+        keys_l = [
+            torch.cat([ks[w].narrow(1, 0, shared), ks[l_]], dim=1)
+            for w, l_ in zip(w_idx, l_idx, strict=True)
+        ]
+        values_l = [
+            torch.cat([vs[w].narrow(1, 0, shared), vs[l_]], dim=1)
+            for w, l_ in zip(w_idx, l_idx, strict=True)
+        ]
+        out_l = F.scaled_dot_product_attention(
+            torch.stack([qs[i] for i in l_idx]),
+            torch.stack(keys_l),
+            torch.stack(values_l),
+            attn_mask=layout.rejected_mask(shared, tail_l, query.device),
+            dropout_p=dropout,
+            scale=scaling,
         )
-        del tail_w
-    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+        for position, b in enumerate(members):
+            chosen[b], rejected[b] = out_w[position], out_l[position]
+    pieces = [t for b in range(n_pairs) for t in (chosen[b], rejected[b])]
+    return torch.cat(pieces, dim=1).transpose(0, 1)[None].contiguous(), None
 
 
 AttentionInterface.register(SHARED_PREFIX_ATTENTION, shared_prefix_attention_forward)
@@ -221,7 +260,7 @@ AttentionInterface.register(SHARED_PREFIX_ATTENTION, shared_prefix_attention_for
 
 @contextlib.contextmanager
 def _layout(batch: Mapping[str, torch.Tensor]) -> Iterator[None]:
-    token = _LAYOUT.set([tuple(row) for row in batch["branch_lengths"].tolist()])
+    token = _LAYOUT.set(_Layout([tuple(row) for row in batch["branch_lengths"].tolist()]))
     try:
         yield
     finally:
