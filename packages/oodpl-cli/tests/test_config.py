@@ -310,10 +310,11 @@ def test_engine_kwargs_carry_the_training_settings() -> None:
                 "scheduler": "cosine",
                 "max_grad_norm": 0,
             },
-            "engine": {"precision": "bf16", "grad_checkpointing": True},
+            "engine": {"precision": "bf16", "grad_checkpointing": True, "optimizer": "foreach"},
         }
     )
     engine = ModelsEngineConfig(**engine_kwargs(config, max_steps=20))
+    assert engine.optimizer_impl == "foreach"
     assert (engine.lr, engine.micro_batch_size, engine.grad_accum) == (5e-6, 4, 2)
     assert engine.warmup_steps == 20 and engine.max_steps == 20  # warm-up capped at max_steps
     assert engine.scheduler == "cosine" and engine.max_grad_norm is None and engine.seed == 3

@@ -79,8 +79,18 @@ def test_sft_lowers_the_nll_of_held_out_references(tmp_path: Path) -> None:
 
 
 def test_dpo_raises_dporm_accuracy_and_lowers_the_dpo_loss(tmp_path: Path) -> None:
-    run_dir = tmp_path / "dpo"
-    metrics = train("dpo", run_dir, "--set", "train.max_steps=12")
+    run_dir, cache = tmp_path / "dpo", tmp_path / "ref-cache"
+    metrics = train(
+        "dpo",
+        run_dir,
+        "--set",
+        "train.max_steps=12",
+        "--set",
+        f"train.dpo.reference_cache_dir={cache}",
+        "--set",
+        "train.packing=always",
+    )
+    assert len(list(cache.glob("ref_logps-*.safetensors"))) == 1  # reused by a later run
     (acc_before, acc_after), (loss_before, loss_after) = (
         metrics["dporm_accuracy"],
         metrics["dpo_loss"],

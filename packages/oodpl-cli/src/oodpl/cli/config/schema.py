@@ -223,6 +223,13 @@ class TrainConfig:
     init_from: str | None = field(
         default=None, metadata=doc("policy checkpoint to start from (e.g. the SFT run)")
     )
+    packing: Literal["auto", "always", "never"] = field(
+        default="auto",
+        metadata=doc(
+            "kinds rm, dpo: padding-free batches, prompt run once per pair (auto: when it saves "
+            ">= 10% of the token positions; never: padded, length-bucketed)"
+        ),
+    )
     rm: RewardModelTraining = field(default_factory=RewardModelTraining, metadata=doc("kind rm"))
     dpo: DPOTraining = field(default_factory=DPOTraining, metadata=doc("kind dpo"))
     meta: MetaTraining = field(default_factory=MetaTraining, metadata=doc("kinds meta, meta-test"))
@@ -249,6 +256,10 @@ class EngineConfig:
     )
     grad_checkpointing: bool = field(
         default=False, metadata=doc("recompute activations in backward to save memory")
+    )
+    optimizer: Literal["auto", "fused", "foreach"] = field(
+        default="auto",
+        metadata=doc("AdamW kernel: fused (one kernel per step), foreach, or auto (fused if able)"),
     )
 
     def problems(self) -> Problems:
@@ -379,6 +390,7 @@ def engine_kwargs(config: RunConfig, *, max_steps: int) -> dict[str, Any]:
         "offload_params": engine.offload_params,
         "precision": engine.precision,
         "grad_checkpointing": engine.grad_checkpointing,
+        "optimizer_impl": engine.optimizer,
         "grad_accum": train.grad_accum,
         "micro_batch_size": train.batch_size,
         "lr": train.lr,

@@ -52,6 +52,13 @@ class DPOTraining:
     rpo_alpha: float = field(
         default=0.0, metadata=doc("weight α of the RPO NLL term on chosen responses", ge=0)
     )
+    reference_cache_dir: str | None = field(
+        default=None,
+        metadata=doc(
+            "directory caching reference log-probs on disk (keyed by model, data, tokenizer), "
+            "reused by later runs"
+        ),
+    )
 
     def problems(self) -> Problems:
         if self.loss_type == "robust" and self.label_smoothing >= 0.5:

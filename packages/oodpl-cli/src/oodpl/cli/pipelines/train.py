@@ -142,6 +142,7 @@ def _reward_settings(ctx: RunContext) -> tuple[Any, int, dict[str, Any]]:
         group_by="domain",
         more_momentum=rm.momentum or None,
         more_normalize=rm.normalize_gradients,
+        packing=ctx.config.train.packing,
     )
     if objective == "bt":
         return config, sum(sizes.values()), {}
@@ -216,6 +217,8 @@ def run_dpo(ctx: RunContext) -> Outcome:
         label_smoothing=dpo.label_smoothing,
         rpo_alpha=dpo.rpo_alpha,
         reference_batch_size=cfg.train.eval_batch_size,
+        reference_cache_dir=dpo.reference_cache_dir,
+        packing=cfg.train.packing,
     )
     records = ctx.data.records("preference_train")
     steps = B.count_steps(cfg, len(records), processes=ctx.processes)
