@@ -183,8 +183,9 @@ def test_pairs_with_equal_branch_lengths_batch_together(tokenizer, preset) -> No
         for i in range(3)
     ]
     items.append(TokenizedPreference((prompt, [20, 2]), (prompt, [21, 22, 23, 2]), 3))
-    batch = pack_shared_prefix(items)
-    assert batch["branch_lengths"].tolist()[:3] == [[4, 3, 3]] * 3
-    expected = policy.preference_logps(collator(items))
-    for got, want in zip(policy.preference_logps(batch), expected, strict=True):
-        torch.testing.assert_close(got.double(), want.double(), rtol=0, atol=1e-5)
+    for subset in (items[:3], items):  # all pairs alike (views of one [B, S] block); mixed
+        batch = pack_shared_prefix(subset)
+        assert batch["branch_lengths"].tolist()[:3] == [[4, 3, 3]] * 3
+        expected = policy.preference_logps(collator(subset))
+        for got, want in zip(policy.preference_logps(batch), expected, strict=True):
+            torch.testing.assert_close(got.double(), want.double(), rtol=0, atol=1e-5)

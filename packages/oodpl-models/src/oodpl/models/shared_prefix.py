@@ -217,6 +217,8 @@ def shared_prefix_attention_forward(
     if heads > 1:
         key = key.repeat_interleave(heads, dim=1)
         value = value.repeat_interleave(heads, dim=1)
+    if len(layout.groups) == 1:  # every pair has the same branch lengths: views, no stacking
+        return _uniform_attention(layout, query, key, value, scaling, dropout), None
     # per pair: [c ⊕ t_w | t_l]; split (one cat in backward), not slicing (a full-size zero
     # gradient per slice)
     qs, ks, vs = (t[0].split(layout.sizes, dim=1) for t in (query, key, value))
@@ -253,6 +255,47 @@ def shared_prefix_attention_forward(
             chosen[b], rejected[b] = out_w[position], out_l[position]
     pieces = [t for b in range(n_pairs) for t in (chosen[b], rejected[b])]
     return torch.cat(pieces, dim=1).transpose(0, 1)[None].contiguous(), None
+
+
+def _uniform_attention(
+    layout: _Layout,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scaling: float | None,
+    dropout: float,
+) -> torch.Tensor:
+    """The batched form when all B segments have one ``(C, R_w, R_l)``: ``[1, H, B·S, D]`` is
+    viewed as ``[B, H, S, D]`` and split into the two branches (views; one cat per branch)."""
+    (shared, tail_w, tail_l), members = layout.groups[0]
+    n, heads, dim = len(members), query.shape[1], query.shape[-1]
+    segment = shared + tail_w + tail_l
+
+    def per_pair(t: torch.Tensor) -> torch.Tensor:  # [1, H, B·S, D] -> [B, H, S, D] (a view)
+        return t[0].unflatten(1, (n, segment)).transpose(0, 1)
+
+    q, k, v = per_pair(query), per_pair(key), per_pair(value)
+    q_w, q_l = q.split([shared + tail_w, tail_l], dim=2)
+    k_c, k_w, k_l = k.split([shared, tail_w, tail_l], dim=2)
+    v_c, v_w, v_l = v.split([shared, tail_w, tail_l], dim=2)
+    out_w = F.scaled_dot_product_attention(
+        q_w,
+        torch.cat([k_c, k_w], dim=2),
+        torch.cat([v_c, v_w], dim=2),
+        dropout_p=dropout,
+        is_causal=True,
+        scale=scaling,
+    )
+    out_l = F.scaled_dot_product_attention(
+        q_l,
+        torch.cat([k_c, k_l], dim=2),
+        torch.cat([v_c, v_l], dim=2),
+        attn_mask=layout.rejected_mask(shared, tail_l, query.device),
+        dropout_p=dropout,
+        scale=scaling,
+    )
+    out = torch.cat([out_w, out_l], dim=2)  # [B, H, S, D]
+    return out.transpose(1, 2).reshape(1, n * segment, heads, dim)
 
 
 AttentionInterface.register(SHARED_PREFIX_ATTENTION, shared_prefix_attention_forward)
