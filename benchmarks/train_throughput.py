@@ -4,15 +4,19 @@ Runs the real trainer entry points, unchanged: ``oodpl.models.trainers.reward.tr
 (Bradley–Terry: ``RewardModel.preference_rewards`` in one concatenated forward +
 ``oodpl.core.losses.bradley_terry_loss``) and ``oodpl.models.trainers.dpo.train_dpo``
 (``Policy.preference_logps`` + reference log-probs + ``oodpl.core.losses.dpo_loss``), each on the
-generic engine loop (``oodpl.models.engine``, torch backend, AdamW, grad-norm clip 1.0, constant
-lr). The engine is built here and passed in, with its ``step`` wrapped to time-stamp the end of
-every optimizer step (after ``torch.cuda.synchronize`` on GPU).
+generic engine loop (``oodpl.models.engine``, torch backend, AdamW — the fused kernel, the
+engine's default — grad-norm clip 1.0, constant lr), with the trainers' default batching: pairs
+tokenised once before the first step (inside ``setup s``), batches packed padding-free with the
+prompt run once per pair whenever that saves >= 10 % of the token positions
+(``packing="auto"``, ``oodpl.models.trainers.pair_batching``); ``--packing`` changes it. The
+engine is built here and passed in, with its ``step`` wrapped to time-stamp the end of every
+optimizer step (after ``torch.cuda.synchronize`` on GPU).
 
 Data: synthetic preference pairs with exact token lengths (a word-level tokenizer where each word
 is one token, see ``_common.word_tokenizer``): a prompt of ``--prompt-len`` tokens and responses
 of ``--response-len`` tokens (or uniform in ``[--response-len, --response-len-max]``), plus the
-eos token both trainers append, so a fixed-length sequence has ``P + R + 1`` tokens. The oodpl
-loop tokenises and collates every micro-batch on the fly; that cost is inside the step time.
+eos token both trainers append, so a fixed-length sequence has ``P + R + 1`` tokens. Building
+each batch from the token lists (padding or packing) is inside the step time.
 
 Figures:
 * ``pairs/s``: ``batch × steps / time`` from the end of warm-up step ``--warmup`` to the end of the
@@ -200,7 +204,7 @@ def _finish(
     )
 
 
-def run_oodpl_rm(spec: RunSpec, tokenizer, records) -> RunResult:
+def run_oodpl_rm(spec: RunSpec, tokenizer, records, packing: str = "auto") -> RunResult:
     """``train_reward_model`` (objective ``"bt"``) on ``records``."""
     stamps: list[float] = []
     tokens = real_tokens(records)
@@ -209,17 +213,19 @@ def run_oodpl_rm(spec: RunSpec, tokenizer, records) -> RunResult:
         model = RewardModel.from_preset(spec.preset, tokenizer, **spec.model_kwargs())
         trainable = count_parameters(model)[0]
         engine = timed_engine(model, spec, stamps)
-        train_reward_model(
-            model, records, RewardTrainConfig(), engine=engine, max_steps=spec.total_steps
-        )
+        config = RewardTrainConfig(packing=packing, group_by_length=False)
+        train_reward_model(model, records, config, engine=engine, max_steps=spec.total_steps)
         synchronize(spec.device)
         del engine, model
-    result = _finish("oodpl RM (BT)", spec, start, stamps, meter, tokens)
+    label = "oodpl RM (BT)" + ("" if packing == "auto" else f", packing {packing}")
+    result = _finish(label, spec, start, stamps, meter, tokens)
     result.trainable = trainable
     return result
 
 
-def run_oodpl_dpo(spec: RunSpec, tokenizer, records, reference: str = "precomputed") -> RunResult:
+def run_oodpl_dpo(
+    spec: RunSpec, tokenizer, records, reference: str = "precomputed", packing: str = "auto"
+) -> RunResult:
     """``train_dpo`` (sigmoid loss, β = ``spec.beta``) with ``reference`` = precomputed | model."""
     stamps: list[float] = []
     tokens = real_tokens(records)
@@ -228,11 +234,18 @@ def run_oodpl_dpo(spec: RunSpec, tokenizer, records, reference: str = "precomput
         policy = Policy.from_preset(spec.preset, tokenizer, **spec.model_kwargs())
         trainable = count_parameters(policy)[0]
         engine = timed_engine(policy, spec, stamps)
-        config = DPOConfig(beta=spec.beta, reference=reference, reference_batch_size=spec.batch)
+        config = DPOConfig(
+            beta=spec.beta,
+            reference=reference,
+            reference_batch_size=spec.batch,
+            packing=packing,
+            group_by_length=False,
+        )
         train_dpo(policy, records, config, engine=engine, max_steps=spec.total_steps)
         synchronize(spec.device)
         del engine, policy
-    result = _finish(f"oodpl DPO (ref {reference})", spec, start, stamps, meter, tokens)
+    label = f"oodpl DPO (ref {reference})" + ("" if packing == "auto" else f", packing {packing}")
+    result = _finish(label, spec, start, stamps, meter, tokens)
     result.trainable = trainable
     return result
 
@@ -346,6 +359,13 @@ def main() -> None:
     parser.add_argument(
         "--lora-lm-head", action="store_true", help="with --lora: also train the LM head (policy)"
     )
+    parser.add_argument(
+        "--packing",
+        nargs="+",
+        choices=("auto", "always", "never"),
+        default=["auto"],
+        help="batching path(s) of the trainers (oodpl.models.trainers.pair_batching)",
+    )
     parser.add_argument("--quick", action="store_true", help="3 measured steps, short sequences")
     args = parser.parse_args()
     if args.quick:
@@ -356,14 +376,19 @@ def main() -> None:
     print(hardware_line(spec.device))
     print(f"shape: {spec.shape()}; {spec.warmup} warm-up + {spec.steps} measured steps\n")
     results: list[RunResult] = []
-    if args.trainer in ("rm", "both"):
-        results.append(guarded(run_oodpl_rm, "oodpl RM (BT)", spec, tokenizer, records))
-    if args.trainer in ("dpo", "both"):
-        refs = ("precomputed", "model") if args.reference == "both" else (args.reference,)
-        for ref in refs:
+    for packing in args.packing:
+        if args.trainer in ("rm", "both"):
             results.append(
-                guarded(run_oodpl_dpo, f"oodpl DPO (ref {ref})", spec, tokenizer, records, ref)
+                guarded(run_oodpl_rm, "oodpl RM (BT)", spec, tokenizer, records, packing)
             )
+        if args.trainer in ("dpo", "both"):
+            refs = ("precomputed", "model") if args.reference == "both" else (args.reference,)
+            for ref in refs:
+                results.append(
+                    guarded(
+                        run_oodpl_dpo, "oodpl DPO", spec, tokenizer, records, ref, packing=packing
+                    )
+                )
     for result in results:
         if result.trainable and not result.error:
             result.note = f"{result.trainable:,} trainable params"

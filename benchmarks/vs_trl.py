@@ -6,10 +6,10 @@ exact token lengths (``_common.word_tokenizer``: one word = one token, so oodpl'
 TRL's tokenisation give identical sequences: prompt ⊕ response ⊕ eos), the same batch, precision
 and optimiser settings:
 
-* AdamW (oodpl's engine: ``torch.optim.AdamW``, foreach implementation; TRL: its default
-  ``optim``, ``adamw_torch_fused`` with torch >= 2.8 — same update rule, one fused kernel;
-  ``--trl-optim adamw_torch`` gives TRL oodpl's foreach implementation), lr ``--lr``, no weight
-  decay, constant schedule, no warm-up, gradient-norm clip 1.0, no gradient accumulation;
+* AdamW, the fused kernel on both sides (oodpl's engine default ``optimizer_impl="auto"``;
+  TRL's default ``optim``, ``adamw_torch_fused`` with torch >= 2.8; ``--trl-optim adamw_torch``
+  gives TRL the foreach implementation), lr ``--lr``, no weight decay, constant schedule, no
+  warm-up, gradient-norm clip 1.0, no gradient accumulation;
 * gradient checkpointing off for both (TRL's configs default it to on), no evaluation, no saving,
   TRL ``logging_strategy="no"``, ``report_to="none"``, no progress bar, dataloader in-process;
 * TRL ``max_length=None`` (no filtering or truncation), default loss ``sigmoid`` with β ``--beta``;
@@ -20,8 +20,14 @@ Batches are identical: both see the pairs in oodpl's loop order (TRL's train sam
 by that index sequence, a private-API patch of ``Trainer._get_train_sampler``). Timing covers
 exactly one epoch of ``--steps`` steps after a warm-up epoch over the same data (``2 × steps``
 optimizer steps in all), so every pair is measured once whatever the batching. Pre-processing
-outside the step (TRL tokenises the dataset up front; oodpl tokenises per batch, inside the step)
-and the DPO reference pre-computation are reported as ``setup s``.
+outside the step (both tokenise the dataset up front) and the DPO reference pre-computation are
+reported as ``setup s``.
+
+oodpl runs its trainers' defaults: ``packing="auto"`` (``oodpl.models.trainers.pair_batching``:
+padding-free batches in which each pair's prompt runs once, ``oodpl.models.shared_prefix``,
+whenever that saves >= 10 % of the token positions of the padded batch; else padded),
+``group_by_length`` off (so both sides see the same pairs in the same batches).
+``--oodpl-padded`` adds oodpl rows with ``packing="never"`` (what packing buys).
 
 Rows. RM: oodpl ``train_reward_model`` (BT) vs ``RewardTrainer``. DPO: oodpl ``train_dpo`` with a
 frozen reference model (``reference="model"``) vs ``DPOTrainer`` defaults (reference forward every
@@ -135,6 +141,7 @@ def trl_dataset(records, *, with_length: bool = False):
 
 
 TRL_OPTIM: str | None = None  # --trl-optim: None keeps TRL's default (adamw_torch_fused)
+OODPL_PADDED = False  # --oodpl-padded: add oodpl rows with packing="never"
 
 
 def trl_common_args(spec: RunSpec, output_dir: str, group_by_length: bool) -> dict[str, Any]:
@@ -300,6 +307,8 @@ def run_case(spec: RunSpec, case: str, trainers: str, repeats: int) -> list[list
             ("rm", "oodpl RM (BT)", run_oodpl_rm, {}),
             ("rm", "TRL RewardTrainer", run_trl_rm, {}),
         ]
+        if OODPL_PADDED:
+            jobs.append(("rm", "oodpl RM padded", run_oodpl_rm, {"packing": "never"}))
         if variable:
             jobs.append(("rm", "TRL RM best", run_trl_rm, {"group_by_length": True}))
     if trainers in ("dpo", "both"):
@@ -309,6 +318,8 @@ def run_case(spec: RunSpec, case: str, trainers: str, repeats: int) -> list[list
             ("dpo-pre", "oodpl DPO (ref precomputed)", run_oodpl_dpo, {}),
             ("dpo-pre", "TRL DPOTrainer (precompute)", run_trl_dpo, {"precompute": True}),
         ]
+        if OODPL_PADDED:
+            jobs.append(("dpo-pre", "oodpl DPO padded", run_oodpl_dpo, {"packing": "never"}))
         if variable:
             jobs.append(
                 (
@@ -363,8 +374,8 @@ def main() -> None:
     defaults = RunSpec(device="", batch=8, prompt_len=64, response_len=63, steps=6)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_run_arguments(parser, defaults)
-    parser.add_argument("--var-min", type=int, default=8, help="variable case: shortest response")
-    parser.add_argument("--var-max", type=int, default=128, help="variable case: longest response")
+    parser.add_argument("--var-min", type=int, default=32, help="variable case: shortest response")
+    parser.add_argument("--var-max", type=int, default=512, help="variable case: longest response")
     parser.add_argument(
         "--cases", nargs="+", choices=("fixed", "variable"), default=["fixed", "variable"]
     )
@@ -375,10 +386,13 @@ def main() -> None:
         default=None,
         help="TRL optim (default: TRL's, adamw_torch_fused; adamw_torch = foreach AdamW as oodpl)",
     )
+    parser.add_argument(
+        "--oodpl-padded", action="store_true", help="add oodpl rows with packing='never'"
+    )
     parser.add_argument("--quick", action="store_true", help="3 steps, short sequences")
     args = parser.parse_args()
-    global TRL_OPTIM
-    TRL_OPTIM = args.trl_optim
+    global TRL_OPTIM, OODPL_PADDED
+    TRL_OPTIM, OODPL_PADDED = args.trl_optim, args.oodpl_padded
     if args.quick:
         args.steps = 3
         args.prompt_len, args.response_len = min(args.prompt_len, 32), min(args.response_len, 31)
