@@ -56,6 +56,30 @@ VARLEN_ATTENTION = "oodpl_varlen"
 _FLASH = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
 
 
+def packed_row_kv(
+    name: str,
+    usage: str,
+    ready: bool,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checks shared by oodpl's packed-row attention functions (one row, no mask, ``ready``:
+    the packed layout was provided) and grouped-query heads repeated: ``(key, value)``."""
+    if not ready or query.shape[0] != 1:
+        raise ValueError(
+            f"{name} attention runs oodpl's packed rows only ({usage}), not the model's own forward"
+        )
+    if attention_mask is not None:
+        raise ValueError(f"{name} attention takes no attention_mask")
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    return key, value
+
+
 def varlen_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -72,17 +96,15 @@ def varlen_attention_forward(
     repeated); returns ``([1, N, H, D], None)`` as ``transformers`` attention functions do.
     """
     cu = kwargs.get("cu_seq_lens_q")
-    if cu is None or query.shape[0] != 1:
-        raise ValueError(
-            f"{VARLEN_ATTENTION} attention runs packed rows only (batch 1 with cu_seq_lens_q); "
-            "use oodpl.models.packed_forward, not the model's own forward"
-        )
-    if attention_mask is not None:
-        raise ValueError(f"{VARLEN_ATTENTION} attention takes no attention_mask")
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
+    key, value = packed_row_kv(
+        VARLEN_ATTENTION,
+        "batch 1 with cu_seq_lens_q; use oodpl.models.packed_forward",
+        cu is not None,
+        query,
+        key,
+        value,
+        attention_mask,
+    )
     bounds = [int(b) for b in cu.tolist()]
     lengths = [end - start for start, end in itertools.pairwise(bounds)]
     # split (one cat in backward), not slicing (a full-size zero gradient per segment)
@@ -326,6 +348,7 @@ __all__ = [
     "packed_logps",
     "packed_preference_logps",
     "packed_rewards",
+    "packed_row_kv",
     "supports_varlen",
     "varlen_attention_forward",
 ]

@@ -56,7 +56,12 @@ from transformers import AttentionInterface
 from oodpl.models.backbone import _accepts_position_ids, unwrap
 from oodpl.models.collate import Batch, TokenizedPreference
 from oodpl.models.logps import DEFAULT_CHUNK_SIZE, chunked_token_logps
-from oodpl.models.packed_forward import _attention_implementation, _checkpointing, supports_varlen
+from oodpl.models.packed_forward import (
+    _attention_implementation,
+    _checkpointing,
+    packed_row_kv,
+    supports_varlen,
+)
 from oodpl.models.packing import shared_prefix_length
 
 SHARED_PREFIX_ATTENTION = "oodpl_shared_prefix"
@@ -206,17 +211,16 @@ def shared_prefix_attention_forward(
 ) -> tuple[torch.Tensor, None]:
     """Two-branch causal attention per segment (module docstring); returns ``[1, N, H, D]``."""
     layout = _LAYOUT.get()
-    if layout is None or query.shape[0] != 1:
-        raise ValueError(
-            f"{SHARED_PREFIX_ATTENTION} attention runs prefix-shared packed rows only; use "
-            "oodpl.models.shared_prefix, not the model's own forward"
-        )
-    if attention_mask is not None:
-        raise ValueError(f"{SHARED_PREFIX_ATTENTION} attention takes no attention_mask")
-    heads = query.shape[1] // key.shape[1]
-    if heads > 1:
-        key = key.repeat_interleave(heads, dim=1)
-        value = value.repeat_interleave(heads, dim=1)
+    key, value = packed_row_kv(
+        SHARED_PREFIX_ATTENTION,
+        "prefix-shared rows; use oodpl.models.shared_prefix",
+        layout is not None,
+        query,
+        key,
+        value,
+        attention_mask,
+    )
+    assert layout is not None
     if len(layout.groups) == 1:  # every pair has the same branch lengths: views, no stacking
         return _uniform_attention(layout, query, key, value, scaling, dropout), None
     # per pair: [c ⊕ t_w | t_l]; split (one cat in backward), not slicing (a full-size zero
