@@ -196,6 +196,7 @@ class StepGraph:
         self.loss_value = float(loss.detach())
         self.theta, self.grads, self.phi = theta, grads, phi
         self.features, self.separable, self.batch, self.where = features, separable, batch, where
+        self.feature_graph: tuple[Tensor, Params] | None = None  # (a with its graph, φ leaves)
 
     def gradient(self) -> Params:
         """``∇_θ L_in`` (detached)."""
@@ -225,6 +226,11 @@ class StepGraph:
             hvp = {k: torch.zeros_like(v) for k, v in self.theta.items()}
         if not want_mixed:
             mixed = zeros_like(detach(phi))
+        elif self.separable is not None and self.feature_graph is not None:
+            value, leaves = self.feature_graph
+            self.feature_graph = None
+            total = torch.sum(value * grads[n].detach().to(value.dtype))
+            mixed, _ = _split(_grads(total, list(leaves.values())), leaves, {})
         elif self.separable is not None:
             cotangent = grads[n].detach()
             mixed = features_vjp(self.separable, phi, self.batch, cotangent, where=self.where)
@@ -321,12 +327,16 @@ def batch_features(
     """``a = features(φ, batch)`` without a graph (``φ`` is a constant of the inner steps)."""
     with torch.no_grad():
         value = inner_loss.features(detach(phi), batch)
+    return _checked_features(value, where).detach()
+
+
+def _checked_features(value: object, where: str) -> Tensor:
     if not isinstance(value, Tensor) or not value.is_floating_point():
         kind = type(value).__name__ if not isinstance(value, Tensor) else str(value.dtype)
         raise TypeError(f"features must return a floating-point torch.Tensor, got {kind} ({where})")
-    if not bool(torch.isfinite(value).all()):
+    if not bool(torch.isfinite(value.detach()).all()):
         raise FloatingPointError(f"features returned non-finite values ({where})")
-    return value.detach()
+    return value
 
 
 def separable_gradients(
@@ -374,19 +384,35 @@ def features_vjp(
 def separable_step_graph(
     inner_loss: SeparableInnerLoss,
     theta: Params,
-    features: Tensor,
+    features: Tensor | None,
     batch: Any,
     *,
+    phi: Params | None = None,
     where: str = "",
 ) -> StepGraph:
-    """:func:`step_graph` for a :class:`SeparableInnerLoss`: leaves ``θ`` and ``a``."""
+    """:func:`step_graph` for a :class:`SeparableInnerLoss`: leaves ``θ`` and ``a``.
+
+    With ``phi`` (and ``features=None``) the features are computed here with a first-order
+    graph to ``φ`` (fused kernels), which :meth:`StepGraph.products` then uses for ``J ᵀv``
+    instead of a fresh :func:`features_vjp`: the inner loop's last step scores its batch once.
+    """
+    feature_graph = None
+    if phi is not None:
+        with torch.enable_grad():
+            ph = leaf_copy(phi)
+            value = _checked_features(inner_loss.features(ph, batch), where)
+        feature_graph = (value, ph)
+        features = value
+    assert features is not None
     with torch.enable_grad(), twice_differentiable_attention():
         th = leaf_copy(theta)
         a = features.detach().requires_grad_(True)
         loss = scalar_loss(inner_loss.loss(th, a, batch), "inner_loss", where)
         g_list = _grads(loss, list(th.values()), create_graph=True)
         _check_twice_differentiable(g_list, where)
-    return StepGraph(loss, th, g_list, None, a, inner_loss, batch, where)
+    graph = StepGraph(loss, th, g_list, None, a, inner_loss, batch, where)
+    graph.feature_graph = feature_graph
+    return graph
 
 
 def separable_second_order_products(

@@ -146,11 +146,13 @@ def unroll(
         where = f"inner step {step}"
         features: Features = None
         side: Tensor | Params | None = None
-        if separable:
+        build_graph = last_graph and step == len(inputs.inner_batches) - 1
+        if separable and not build_graph:
             features = batch_features(loss_fn, phi, batch, where=where)  # type: ignore[arg-type]
-        if last_graph and step == len(inputs.inner_batches) - 1:
-            if separable:
-                graph = separable_step_graph(loss_fn, theta, features, batch, where=where)  # type: ignore[arg-type]
+        if build_graph:
+            if separable:  # scores the batch once, keeping that first-order graph for J_kᵀ v
+                graph = separable_step_graph(loss_fn, theta, None, batch, phi=phi, where=where)  # type: ignore[arg-type]
+                features = graph.features.detach()  # type: ignore[union-attr]
             else:
                 graph = step_graph(loss_fn, theta, phi, batch, where=where)
             loss, grad = graph.loss_value, graph.gradient()
