@@ -20,14 +20,6 @@ DT = torch.float64
 N_PROMPTS, N_CAND, D_POLICY, D_REWARD = 10, 4, 5, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_problem(seed: int = 0):
     """Softmax policy over candidates, linear reward ``r_φ``, reward-weighted regression inner
     loss (+ proximal term) and Bradley-Terry outer loss, as in test_hypergrad_policy."""
