@@ -263,6 +263,55 @@ def packed_hidden_states(
         return body(**kwargs).last_hidden_state[0]
 
 
+def require_logits_from_hidden(policy: nn.Module) -> None:
+    """Packed log-probs apply the LM head to selected hidden states: the policy must reproduce
+    its head transform (``Policy.logits_from_hidden``)."""
+    if not getattr(policy, "logits_from_hidden", True):
+        raise ValueError(
+            "policy.logits_from_hidden is False (its LM-head transform is not reproduced): "
+            "use the padded path (policy.preference_logps)"
+        )
+
+
+def pair_scores(
+    reward_model: nn.Module, hidden: torch.Tensor, last: torch.Tensor, n_pairs: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The value head on the hidden states at ``last`` (chosen sequences first): ``([B], [B])``."""
+    head = reward_model.value_head
+    scores = head(hidden[last.to(hidden.device)].to(head.weight.dtype)).squeeze(-1)
+    return scores[:n_pairs], scores[n_pairs:]
+
+
+def policy_response_logps(
+    policy: nn.Module,
+    hidden: torch.Tensor,
+    ids: torch.Tensor,
+    targets: torch.Tensor,
+    predictors: torch.Tensor,
+    owner: torch.Tensor,
+    n_sequences: int,
+    *,
+    chunk_size: int,
+    recompute: bool | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Σ log π(ids[t] | h[p]) per sequence, token count per sequence)`` over the scored
+    response tokens ``targets`` (predicted at ``predictors``, owned by sequence ``owner``)."""
+    device = hidden.device
+    logps = chunked_token_logps(
+        policy.model,
+        hidden[predictors.to(device)],
+        ids.to(device)[targets.to(device)],
+        chunk_size=chunk_size,
+        recompute=recompute,
+    )
+    owner = owner.to(device)
+    sums = torch.zeros(n_sequences, dtype=logps.dtype, device=device).index_add(0, owner, logps)
+    counts = torch.zeros(n_sequences, dtype=torch.long, device=device).index_add(
+        0, owner, torch.ones_like(owner)
+    )
+    return sums, counts
+
+
 def packed_rewards(
     reward_model: nn.Module,
     packed: Mapping[str, torch.Tensor],
@@ -275,11 +324,8 @@ def packed_rewards(
     """
     _check_packed(packed, reward_model.max_positions)
     hidden = packed_hidden_states(reward_model.model, packed, attention=attention)
-    last = (packed["cu_seqlens"][1:] - 1).long().to(hidden.device)
-    head = reward_model.value_head
-    scores = head(hidden[last].to(head.weight.dtype)).squeeze(-1)
-    n_pairs = int(packed["n_pairs"])
-    return scores[:n_pairs], scores[n_pairs:]
+    last = (packed["cu_seqlens"][1:] - 1).long()
+    return pair_scores(reward_model, hidden, last, int(packed["n_pairs"]))
 
 
 def packed_logps(
@@ -296,32 +342,21 @@ def packed_logps(
     :func:`~oodpl.models.logps.chunked_token_logps`.
     """
     _check_packed(packed, policy.max_positions)
-    if not getattr(policy, "logits_from_hidden", True):
-        raise ValueError(
-            "policy.logits_from_hidden is False (its LM-head transform is not reproduced): "
-            "use the padded path (policy.preference_logps)"
-        )
+    require_logits_from_hidden(policy)
     hidden = packed_hidden_states(policy.model, packed, attention=attention)
-    response = packed["packed_response_mask"][0].bool().to(hidden.device)
-    positions = torch.nonzero(response).flatten()
-    ids = packed["packed_input_ids"][0].to(hidden.device)
-    logps = chunked_token_logps(
-        policy.model,
-        hidden[positions - 1],
-        ids[positions],
+    positions = torch.nonzero(packed["packed_response_mask"][0].bool()).flatten()
+    cu = packed["cu_seqlens"]
+    return policy_response_logps(
+        policy,
+        hidden,
+        packed["packed_input_ids"][0],
+        positions,
+        positions - 1,
+        sequence_index(cu)[positions],
+        cu.shape[0] - 1,
         chunk_size=chunk_size,
         recompute=recompute,
     )
-    cu = packed["cu_seqlens"].to(hidden.device)
-    owner = sequence_index(cu)[positions]
-    n_sequences = cu.shape[0] - 1
-    sums = torch.zeros(n_sequences, dtype=logps.dtype, device=hidden.device).index_add(
-        0, owner, logps
-    )
-    n_tokens = torch.zeros(n_sequences, dtype=torch.long, device=hidden.device).index_add(
-        0, owner, torch.ones_like(owner)
-    )
-    return sums, n_tokens
 
 
 def packed_preference_logps(
@@ -349,6 +384,9 @@ __all__ = [
     "packed_preference_logps",
     "packed_rewards",
     "packed_row_kv",
+    "pair_scores",
+    "policy_response_logps",
+    "require_logits_from_hidden",
     "supports_varlen",
     "varlen_attention_forward",
 ]

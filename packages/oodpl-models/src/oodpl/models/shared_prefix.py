@@ -55,11 +55,14 @@ from transformers import AttentionInterface
 
 from oodpl.models.backbone import _accepts_position_ids, unwrap
 from oodpl.models.collate import Batch, TokenizedPreference
-from oodpl.models.logps import DEFAULT_CHUNK_SIZE, chunked_token_logps
+from oodpl.models.logps import DEFAULT_CHUNK_SIZE
 from oodpl.models.packed_forward import (
     _attention_implementation,
     _checkpointing,
     packed_row_kv,
+    pair_scores,
+    policy_response_logps,
+    require_logits_from_hidden,
     supports_varlen,
 )
 from oodpl.models.packing import shared_prefix_length
@@ -373,11 +376,7 @@ def shared_prefix_rewards(
     """``(r(x, y_w) [B], r(x, y_l) [B])``: ``RewardModel.preference_rewards`` on this layout."""
     _check(batch, reward_model.max_positions)
     hidden = shared_prefix_hidden_states(reward_model.model, batch)
-    head = reward_model.value_head
-    last = batch["reward_index"].to(hidden.device)
-    scores = head(hidden[last].to(head.weight.dtype)).squeeze(-1)
-    n_pairs = int(batch["n_pairs"])
-    return scores[:n_pairs], scores[n_pairs:]
+    return pair_scores(reward_model, hidden, batch["reward_index"], int(batch["n_pairs"]))
 
 
 def shared_prefix_preference_logps(
@@ -391,26 +390,19 @@ def shared_prefix_preference_logps(
     this layout (summed response-token log-probs, via
     :func:`~oodpl.models.logps.chunked_token_logps`)."""
     _check(batch, policy.max_positions)
-    if not getattr(policy, "logits_from_hidden", True):
-        raise ValueError(
-            "policy.logits_from_hidden is False (its LM-head transform is not reproduced): "
-            "use the padded path"
-        )
+    require_logits_from_hidden(policy)
     hidden = shared_prefix_hidden_states(policy.model, batch)
-    device = hidden.device
-    ids = batch["shared_input_ids"][0].to(device)
-    logps = chunked_token_logps(
-        policy.model,
-        hidden[batch["predictor_index"].to(device)],
-        ids[batch["target_index"].to(device)],
+    n = int(batch["n_pairs"])
+    sums, counts = policy_response_logps(
+        policy,
+        hidden,
+        batch["shared_input_ids"][0],
+        batch["target_index"],
+        batch["predictor_index"],
+        batch["target_owner"],
+        2 * n,
         chunk_size=chunk_size,
         recompute=recompute,
-    )
-    owner = batch["target_owner"].to(device)
-    n = int(batch["n_pairs"])
-    sums = torch.zeros(2 * n, dtype=logps.dtype, device=device).index_add(0, owner, logps)
-    counts = torch.zeros(2 * n, dtype=torch.long, device=device).index_add(
-        0, owner, torch.ones_like(owner)
     )
     return sums[:n], counts[:n], sums[n:], counts[n:]
 
