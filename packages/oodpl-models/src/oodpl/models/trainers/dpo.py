@@ -18,8 +18,8 @@ The reference ``π_ref`` is, by ``DPOConfig.reference``:
 - ``"model"``: a frozen eval-mode reference run on every batch (no grad). For a LoRA policy whose
   adapters are still the identity (LoRA ``B = 0``, LM-head copy equal to the base head: the state
   right after :func:`~oodpl.models.lora.apply_lora`) and no ``reference_model``, the reference is
-  the policy itself with its adapters switched off (``adapters_disabled``): no copy in memory,
-  and it runs under ZeRO-3 too. Otherwise a frozen deep copy.
+  the policy itself with its adapters switched off (``adapters_disabled``): no copy in memory
+  (not under ZeRO-3, where it is untested). Otherwise a frozen deep copy.
 
 Either way the reference is ``reference_model`` if given, else the policy as passed in (so when
 resuming, pass the same *initial* policy: the loop restores the trained weights from the state).
@@ -287,8 +287,17 @@ def train_dpo(
     config = config or DPOConfig()
     if not isinstance(config, DPOConfig):
         raise TypeError(f"config must be a DPOConfig, got {type(config).__name__}")
-    lora_reference = (
-        config.reference == "model" and reference_model is None and adapters_are_identity(policy)
+    engine_config = engine.config if isinstance(engine, TrainingEngine) else engine
+    zero3 = (
+        isinstance(engine_config, EngineConfig)
+        and engine_config.backend == "deepspeed"
+        and engine_config.zero_stage == 3
+    )
+    lora_reference = (  # not under ZeRO-3 (partitioned weights): untested there, copy instead
+        config.reference == "model"
+        and reference_model is None
+        and not zero3
+        and adapters_are_identity(policy)
     )
     if (
         isinstance(engine, TrainingEngine)
