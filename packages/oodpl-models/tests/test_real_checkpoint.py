@@ -106,3 +106,24 @@ def test_policy_from_gguf_with_lora(smollm2, perturb, logps_loop, tmp_path):
             assert float((before.double() - after.double()).abs().max()) <= 1e-6
     ((text,),) = again.generate([PAIRS[0]["prompt"]], max_new_tokens=4, temperature=0)
     assert isinstance(text, str)
+
+
+def test_prefix_shared_packing_matches_padded_on_the_real_checkpoint(smollm2, perturb):
+    """The trainers' default packed layout (prompt run once per pair) on a real Llama checkpoint
+    (grouped-query attention, 30 layers): rewards and log-probs equal the padded path."""
+    from oodpl.models.shared_prefix import pack_shared_prefix, packed_layout
+
+    _, lm, tokenizer = smollm2
+    rm = RewardModel(copy.deepcopy(lm), tokenizer, lora=LoraSpec(r=4)).eval()
+    perturb(rm, scale=0.01)
+    policy = Policy(copy.deepcopy(lm), tokenizer).eval()
+    for model, forward in ((rm, rm.preference_rewards), (policy, policy.preference_logps)):
+        assert packed_layout(model) == "shared_prefix"
+        collator = model.preference_collator()
+        items = collator.tokenize(PAIRS)
+        with torch.no_grad():
+            padded = forward(collator(items))
+            packed = forward(pack_shared_prefix(items))
+        for a, b in zip(packed, padded, strict=True):
+            scale = max(1.0, float(b.double().abs().max()))
+            assert float((a.double() - b.double()).abs().max()) <= 1e-5 * scale
