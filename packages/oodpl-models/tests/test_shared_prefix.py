@@ -14,12 +14,14 @@ from oodpl.models.lora import LoraSpec
 from oodpl.models.policy import Policy
 from oodpl.models.reward_model import RewardModel
 from oodpl.models.shared_prefix import (
-    SHARED_PREFIX_ATTENTION,
     is_shared_prefix_batch,
     pack_shared_prefix,
     packed_layout,
-    shared_prefix_attention_forward,
     shared_prefix_mask,
+)
+from oodpl.models.shared_prefix_forward import (
+    SHARED_PREFIX_ATTENTION,
+    shared_prefix_attention_forward,
 )
 
 CAUSAL = ("pythia-tiny", "gemma-tiny")

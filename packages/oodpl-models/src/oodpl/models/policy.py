@@ -40,7 +40,8 @@ from oodpl.models.collate import _pad, concat_pair_batch, is_pair_batch
 from oodpl.models.lora import LoraSpec, apply_lora
 from oodpl.models.packed_forward import packed_preference_logps
 from oodpl.models.packing import is_packed_batch
-from oodpl.models.shared_prefix import is_shared_prefix_batch, shared_prefix_preference_logps
+from oodpl.models.shared_prefix import is_shared_prefix_batch
+from oodpl.models.shared_prefix_forward import shared_prefix_preference_logps
 from oodpl.models.tokenizer import resolve_pad_token_id
 
 HEAD_CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}

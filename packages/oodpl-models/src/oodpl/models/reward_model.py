@@ -35,7 +35,8 @@ from oodpl.models.collate import concat_pair_batch, is_pair_batch
 from oodpl.models.lora import LoraSpec, apply_lora
 from oodpl.models.packed_forward import packed_rewards
 from oodpl.models.packing import is_packed_batch
-from oodpl.models.shared_prefix import is_shared_prefix_batch, shared_prefix_rewards
+from oodpl.models.shared_prefix import is_shared_prefix_batch
+from oodpl.models.shared_prefix_forward import shared_prefix_rewards
 
 VALUE_HEAD = "value_head"
 
