@@ -226,41 +226,81 @@ def attention_mask_for(
             f"attention='block_diagonal' needs a backend that takes a mask, the model uses "
             f"{implementation!r}: use attention='position_ids' (varlen kernels)"
         )
-    mask = block_diagonal_causal_mask(cu_seqlens.to(lm.device))
-    if implementation == "eager":
-        additive = torch.zeros(mask.shape, dtype=lm.dtype, device=mask.device)
-        return additive.masked_fill(~mask, torch.finfo(lm.dtype).min)
-    return mask
+    return backend_mask(model, block_diagonal_causal_mask(cu_seqlens))
+
+
+def backend_mask(model: nn.Module, allowed: torch.Tensor) -> torch.Tensor:
+    """A boolean ``[1, 1, N, N]`` mask (True = attend) in the form the model's attention takes:
+    additive ``0`` / ``finfo.min`` for ``eager``, boolean for ``sdpa`` / ``flex_attention``."""
+    lm = unwrap(model)
+    allowed = allowed.to(lm.device)
+    if (getattr(lm.config, "_attn_implementation", None) or "eager") == "eager":
+        additive = torch.zeros(allowed.shape, dtype=lm.dtype, device=allowed.device)
+        return additive.masked_fill(~allowed, torch.finfo(lm.dtype).min)
+    return allowed
+
+
+def check_packable(model: nn.Module) -> None:
+    """A packed row needs a causal LM whose body takes ``position_ids``."""
+    lm = unwrap(model)
+    if getattr(lm.config, "is_encoder_decoder", False):
+        raise ValueError("packing supports causal LMs only; use length bucketing for seq2seq")
+    if not _accepts_position_ids(type(lm.base_model)):
+        raise ValueError(
+            f"{type(lm.base_model).__name__} takes no position_ids: it cannot run packed"
+        )
+
+
+def packed_row_hidden_states(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    implementation: str | None = None,
+    **attention_kwargs: Any,
+) -> torch.Tensor:
+    """Final hidden states ``[N, H]`` of one packed row ``[1, N]`` (no LM logits), with the
+    attention implementation ``implementation`` selected for this forward only (None: keep)."""
+    lm = unwrap(model)
+    body = lm.base_model
+    kwargs: dict[str, Any] = {
+        "input_ids": input_ids.to(lm.device),
+        "position_ids": position_ids.to(lm.device),
+        "attention_mask": attention_mask,
+        "use_cache": False,
+        **attention_kwargs,
+    }
+    with _attention_implementation(model, implementation):
+        if body is lm:
+            return lm(**kwargs, output_hidden_states=True).hidden_states[-1][0]
+        return body(**kwargs).last_hidden_state[0]
 
 
 def packed_hidden_states(
     model: nn.Module, packed: Mapping[str, torch.Tensor], *, attention: AttentionMode = "auto"
 ) -> torch.Tensor:
     """Final hidden states ``[N, H]`` of the packed row (no LM logits)."""
-    lm = unwrap(model)
-    if getattr(lm.config, "is_encoder_decoder", False):
-        raise ValueError("packing supports causal LMs only; use length bucketing for seq2seq")
-    body = lm.base_model
-    if not _accepts_position_ids(type(body)):
-        raise ValueError(f"{type(body).__name__} takes no position_ids: it cannot run packed")
-    device = lm.device
+    check_packable(model)
     mode = _resolve(model, attention)
-    kwargs: dict[str, Any] = {
-        "input_ids": packed["packed_input_ids"].to(device),
-        "position_ids": packed["packed_position_ids"].to(device),
-        "attention_mask": attention_mask_for(model, packed["cu_seqlens"], mode),
-        "use_cache": False,
-    }
+    extra: dict[str, Any] = {}
     if mode == "varlen":
-        cu = packed["cu_seqlens"].to(device=device, dtype=torch.int32)
+        cu = packed["cu_seqlens"].to(device=unwrap(model).device, dtype=torch.int32)
         longest = int((cu[1:] - cu[:-1]).max())
-        kwargs.update(
-            cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest
-        )
-    with _attention_implementation(model, VARLEN_ATTENTION if mode == "varlen" else None):
-        if body is lm:
-            return lm(**kwargs, output_hidden_states=True).hidden_states[-1][0]
-        return body(**kwargs).last_hidden_state[0]
+        extra = {
+            "cu_seq_lens_q": cu,
+            "cu_seq_lens_k": cu,
+            "max_length_q": longest,
+            "max_length_k": longest,
+        }
+    return packed_row_hidden_states(
+        model,
+        packed["packed_input_ids"],
+        packed["packed_position_ids"],
+        attention_mask_for(model, packed["cu_seqlens"], mode),
+        implementation=VARLEN_ATTENTION if mode == "varlen" else None,
+        **extra,
+    )
 
 
 def require_logits_from_hidden(policy: nn.Module) -> None:
@@ -379,10 +419,13 @@ __all__ = [
     "ATTENTION_MODES",
     "VARLEN_ATTENTION",
     "attention_mask_for",
+    "backend_mask",
+    "check_packable",
     "packed_hidden_states",
     "packed_logps",
     "packed_preference_logps",
     "packed_rewards",
+    "packed_row_hidden_states",
     "packed_row_kv",
     "pair_scores",
     "policy_response_logps",

@@ -28,11 +28,13 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AttentionInterface
 
-from oodpl.models.backbone import _accepts_position_ids, unwrap
+from oodpl.models.backbone import unwrap
 from oodpl.models.logps import DEFAULT_CHUNK_SIZE
 from oodpl.models.packed_forward import (
-    _attention_implementation,
     _checkpointing,
+    backend_mask,
+    check_packable,
+    packed_row_hidden_states,
     packed_row_kv,
     pair_scores,
     policy_response_logps,
@@ -207,40 +209,22 @@ def shared_prefix_hidden_states(
     model: nn.Module, batch: Mapping[str, torch.Tensor]
 ) -> torch.Tensor:
     """Final hidden states ``[N, H]`` of a prefix-shared packed row (no LM logits)."""
-    lm = unwrap(model)
-    if getattr(lm.config, "is_encoder_decoder", False):
-        raise ValueError("prefix-shared packing supports causal LMs only")
-    body = lm.base_model
-    if not _accepts_position_ids(type(body)):
-        raise ValueError(f"{type(body).__name__} takes no position_ids: it cannot run packed")
-    device = lm.device
-    implementation = getattr(lm.config, "_attn_implementation", None) or "eager"
-    fast = supports_varlen(model) and not _checkpointing(model) and "flash" not in implementation
-    kwargs: dict[str, Any] = {
-        "input_ids": batch["shared_input_ids"].to(device),
-        "position_ids": batch["shared_position_ids"].to(device),
-        "use_cache": False,
-    }
-    if fast:
-        kwargs["attention_mask"] = None
-    else:
-        if "flash" in implementation:
-            raise ValueError(
-                f"prefix-shared packing needs a mask-taking attention backend; the model uses "
-                f"{implementation!r}: pack separate sequences instead (packing.pack_tokenized)"
-            )
-        mask = shared_prefix_mask(batch).to(device)
-        if implementation == "eager":
-            additive = torch.zeros(mask.shape, dtype=lm.dtype, device=device)
-            mask = additive.masked_fill(~mask, torch.finfo(lm.dtype).min)
-        kwargs["attention_mask"] = mask
-    with (
-        _layout(batch),
-        _attention_implementation(model, SHARED_PREFIX_ATTENTION if fast else None),
-    ):
-        if body is lm:
-            return lm(**kwargs, output_hidden_states=True).hidden_states[-1][0]
-        return body(**kwargs).last_hidden_state[0]
+    check_packable(model)
+    implementation = getattr(unwrap(model).config, "_attn_implementation", None) or "eager"
+    if "flash" in implementation:
+        raise ValueError(
+            f"prefix-shared packing needs a mask-taking attention backend; the model uses "
+            f"{implementation!r}: pack separate sequences instead (packing.pack_tokenized)"
+        )
+    fast = supports_varlen(model) and not _checkpointing(model)
+    with _layout(batch):
+        return packed_row_hidden_states(
+            model,
+            batch["shared_input_ids"],
+            batch["shared_position_ids"],
+            None if fast else backend_mask(model, shared_prefix_mask(batch)),
+            implementation=SHARED_PREFIX_ATTENTION if fast else None,
+        )
 
 
 def shared_prefix_rewards(
