@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from oodpl.core.records import Preference
+from oodpl.models.bucketing import padding_fraction as bucketing_padding_fraction
 from oodpl.models.collate import TokenizedPreference
 from oodpl.models.engine import EngineConfig
 from oodpl.models.lora import LoraSpec
@@ -15,7 +16,6 @@ from oodpl.models.packing import (
     pack_pair_batch,
     pack_tokenized,
     packed_saving,
-    padding_fraction,
 )
 from oodpl.models.policy import Policy
 from oodpl.models.reward_model import RewardModel
@@ -86,8 +86,14 @@ def test_auto_packing_rule(tokenizer) -> None:
 
     uneven = [pair(short, long_), pair(long_, short)]
     even = [pair([5] * 40, [6] * 40)] * 2
+
+    def padding_fraction(items):  # of one padded pair batch holding all items
+        lengths = [n for item in items for n in item.lengths()]
+        return bucketing_padding_fraction(lengths, [list(range(len(lengths)))])
+
     assert padding_fraction(uneven) == pytest.approx(1 - (70 + 130) / (2 * 130))
     assert padding_fraction(even) == 0.0
+    assert packed_saving(uneven, "sequences") == pytest.approx(padding_fraction(uneven))
     assert packed_saving(even, "sequences") == 0.0
     assert packed_saving(even, "shared_prefix") == pytest.approx(60 / 200)  # prompt once
     sequences = PackedPreferenceCollator(collator, mode="auto", layout="sequences")

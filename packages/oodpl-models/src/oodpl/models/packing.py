@@ -183,13 +183,6 @@ def pack_tokenized(items: Sequence[TokenizedPreference]) -> Batch:
     }
 
 
-def padding_fraction(items: Sequence[TokenizedPreference]) -> float:
-    """Share of a padded pair batch of ``items`` that would be padding:
-    ``1 − Σ_s L_s / (2B · max_s L_s)`` (both halves are padded to one width, see collate.py)."""
-    lengths = [n for item in items for n in item.lengths()]
-    return 1.0 - sum(lengths) / (len(lengths) * max(lengths))
-
-
 def shared_prefix_length(item: TokenizedPreference) -> int:
     """``C = min(lcp(s_w, s_l), |s_w| − 1, |s_l| − 1)``: the tokens a prefix-shared segment runs
     once for both sequences (:mod:`oodpl.models.shared_prefix`)."""
@@ -204,7 +197,9 @@ def shared_prefix_length(item: TokenizedPreference) -> int:
 
 def packed_saving(items: Sequence[TokenizedPreference], layout: str = "sequences") -> float:
     """Share of the padded batch's ``2B · max L`` token positions that packing in ``layout``
-    does not compute: padding, plus (``"shared_prefix"``) the second copy of each shared prefix."""
+    does not compute: padding (``"sequences"``: exactly the padding share,
+    ``1 − Σ_s L_s / (2B · max_s L_s)``, both halves being padded to one width), plus
+    (``"shared_prefix"``) the second copy of each shared prefix."""
     lengths = [n for item in items for n in item.lengths()]
     packed = sum(lengths)
     if layout == "shared_prefix":
@@ -284,10 +279,6 @@ class PackedPreferenceCollator:
     def truncation_stats(self) -> Any:
         return self.collator.truncation_stats
 
-    def tokenize(self, records: Sequence[Any]) -> list[TokenizedPreference]:
-        """:meth:`PreferenceCollator.tokenize` of the wrapped collator."""
-        return self.collator.tokenize(records)
-
     def worth_packing(self, items: Sequence[TokenizedPreference]) -> bool:
         """The ``"auto"`` rule: :func:`packed_saving` >= ``min_padding`` and a mean sequence
         length >= :data:`AUTO_PACKING_MIN_MEAN_LENGTH`."""
@@ -317,7 +308,6 @@ __all__ = [
     "pack_sequences",
     "pack_tokenized",
     "packed_saving",
-    "padding_fraction",
     "sequence_index",
     "shared_prefix_length",
 ]

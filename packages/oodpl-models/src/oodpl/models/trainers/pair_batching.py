@@ -83,6 +83,16 @@ def packing_unavailable(model: nn.Module) -> str | None:
     return None
 
 
+def packed_collator(
+    model: nn.Module, collator: PreferenceCollator, mode: str = "auto"
+) -> PackedPreferenceCollator:
+    """``collator`` packing in ``model``'s layout
+    (:func:`~oodpl.models.shared_prefix.packed_layout`); ``mode`` as
+    :class:`~oodpl.models.packing.PackedPreferenceCollator`. Check :func:`packing_unavailable`
+    first."""
+    return PackedPreferenceCollator(collator, mode=mode, layout=packed_layout(model))
+
+
 @dataclass
 class PairBatches:
     """The batching plan of one training run.
@@ -93,7 +103,6 @@ class PairBatches:
         order: the global-batch order for the engine loop (``None``: the loop's shuffled order).
         packs: whether batches may be packed (``packing`` resolved against the model).
         collator: the model's :class:`PreferenceCollator` (truncation stats, settings).
-        layout: the packed layout, ``"shared_prefix"`` or ``"sequences"`` (``None``: padded).
     """
 
     items: list[TokenizedPreference]
@@ -101,7 +110,6 @@ class PairBatches:
     order: BatchOrder | None
     packs: bool
     collator: PreferenceCollator
-    layout: str | None = None
 
 
 def plan_pair_batches(
@@ -117,11 +125,10 @@ def plan_pair_batches(
         raise ValueError(f"{name}.packing='always' but {reason}; use 'auto' or 'never'")
     packs = options.packing != "never" and reason is None
     collate: Callable[[Sequence[Any]], Batch] = collator
-    layout = None
     if packs:
-        mode = "always" if options.packing == "always" else "auto"
-        layout = packed_layout(model)
-        collate = PackedPreferenceCollator(collator, mode=mode, layout=layout)
+        collate = packed_collator(
+            model, collator, "always" if options.packing == "always" else "auto"
+        )
     bucket = options.group_by_length
     if bucket is None:
         bucket = not packs
@@ -129,7 +136,7 @@ def plan_pair_batches(
     if bucket:
         lengths = [max(item.lengths()) for item in items]
         order = functools.partial(_bucketed_order, lengths)
-    return PairBatches(items, collate, order, packs, collator, layout)
+    return PairBatches(items, collate, order, packs, collator)
 
 
 def _bucketed_order(
@@ -146,6 +153,7 @@ __all__ = [
     "BatchOrder",
     "PairBatches",
     "PairBatchingOptions",
+    "packed_collator",
     "packing_unavailable",
     "plan_pair_batches",
 ]

@@ -48,7 +48,6 @@ from oodpl.models.engine import EngineConfig, TrainingEngine
 from oodpl.models.engine.distributed import epoch_permutation
 from oodpl.models.engine.loop import JsonlLogger
 from oodpl.models.engine.loop import train as loop_train
-from oodpl.models.packing import PackedPreferenceCollator
 from oodpl.models.reward_model import RewardModel
 from oodpl.models.trainers._policy_common import (
     CollateOptions,
@@ -59,6 +58,7 @@ from oodpl.models.trainers._policy_common import (
 )
 from oodpl.models.trainers.pair_batching import (
     PairBatchingOptions,
+    packed_collator,
     packing_unavailable,
     plan_pair_batches,
 )
@@ -348,8 +348,8 @@ def reward_preference_metrics(
     records = check_records(preferences, Preference, "preferences")
     overrides = (collate or CollateOptions()).collator_overrides()
     collator: Any = reward_model.preference_collator(**overrides)
-    if packing_unavailable(reward_model) is None:  # padding-free where a batch holds padding
-        collator = PackedPreferenceCollator(collator, mode="auto")
+    if packing_unavailable(reward_model) is None:  # the training path's packing (auto rule)
+        collator = packed_collator(reward_model, collator)
     batches = (collator(records[i : i + batch_size]) for i in range(0, len(records), batch_size))
     out = reward_model.compute_rewards(batches)
     chosen, rejected = out["chosen_rewards"].double(), out["rejected_rewards"].double()
