@@ -237,15 +237,20 @@ def run_loop(
     return result
 
 
-def forbid_zero3(engine: EngineConfig | TrainingEngine | None, trainer: str) -> None:
-    """Generation reads whole weights from the policy: ZeRO-3 partitions them (check this before
-    building the engine)."""
+def is_zero3(engine: EngineConfig | TrainingEngine | None) -> bool:
+    """Whether ``engine`` (a config or a built engine) partitions the parameters (ZeRO-3)."""
     config = engine.config if isinstance(engine, TrainingEngine) else engine
-    if (
+    return (
         isinstance(config, EngineConfig)
         and config.backend == "deepspeed"
         and config.zero_stage == 3
-    ):
+    )
+
+
+def forbid_zero3(engine: EngineConfig | TrainingEngine | None, trainer: str) -> None:
+    """Generation reads whole weights from the policy: ZeRO-3 partitions them (check this before
+    building the engine)."""
+    if is_zero3(engine):
         raise ValueError(
             f"{trainer} generates from the policy between updates, which needs whole weights: "
             "use EngineConfig.zero_stage <= 2 (ZeRO-3 partitions the parameters)"

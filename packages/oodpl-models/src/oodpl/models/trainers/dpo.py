@@ -56,6 +56,7 @@ from oodpl.models.trainers._policy_common import (
     check_int,
     check_policy,
     check_records,
+    is_zero3,
     resolve_engine,
     run_loop,
 )
@@ -287,25 +288,14 @@ def train_dpo(
     config = config or DPOConfig()
     if not isinstance(config, DPOConfig):
         raise TypeError(f"config must be a DPOConfig, got {type(config).__name__}")
-    engine_config = engine.config if isinstance(engine, TrainingEngine) else engine
-    zero3 = (
-        isinstance(engine_config, EngineConfig)
-        and engine_config.backend == "deepspeed"
-        and engine_config.zero_stage == 3
-    )
+    zero3 = is_zero3(engine)
     lora_reference = (  # not under ZeRO-3 (partitioned weights): untested there, copy instead
         config.reference == "model"
         and reference_model is None
         and not zero3
         and adapters_are_identity(policy)
     )
-    if (
-        isinstance(engine, TrainingEngine)
-        and reference_model is None
-        and not lora_reference
-        and engine.config.backend == "deepspeed"
-        and engine.config.zero_stage == 3
-    ):
+    if isinstance(engine, TrainingEngine) and reference_model is None and zero3:
         raise ValueError(
             "the engine already partitions the policy (ZeRO-3): pass reference_model, or pass "
             "an EngineConfig so the reference is taken before partitioning"
