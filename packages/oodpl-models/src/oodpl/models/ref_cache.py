@@ -45,8 +45,9 @@ from transformers import PreTrainedTokenizerBase
 
 from oodpl.models.collate import PreferenceCollator
 from oodpl.models.packed_forward import packed_preference_logps
-from oodpl.models.packing import pack_pair_batch
+from oodpl.models.packing import pack_tokenized
 from oodpl.models.shared_prefix import pack_shared_prefix, packed_layout
+from oodpl.models.shared_prefix_forward import shared_prefix_preference_logps
 
 FORMAT_VERSION = "1"
 TENSOR_NAMES = ("chosen_logps", "chosen_n_tokens", "rejected_logps", "rejected_n_tokens")
@@ -222,9 +223,9 @@ def compute_reference_logps(
     chunk_size: int = 512,
 ) -> dict[str, torch.Tensor]:
     """``{chosen_logps, chosen_n_tokens, rejected_logps, rejected_n_tokens}`` (``[B]``, CPU) in
-    eval mode; ``packed`` runs the padding-free forward (prefix-shared layout where the model
-    supports it, :mod:`oodpl.models.shared_prefix`; else
-    :func:`~oodpl.models.packed_forward.packed_preference_logps`)."""
+    eval mode; ``packed`` runs the padding-free forward with LM-head chunks of ``chunk_size``
+    (prefix-shared layout where the model supports it, :mod:`oodpl.models.shared_prefix`; else
+    separate sequences, :func:`~oodpl.models.packed_forward.packed_preference_logps`)."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if not packed:
@@ -233,17 +234,17 @@ def compute_reference_logps(
         )
         return reference.compute_logps(batches)
     if packed_layout(reference) == "shared_prefix":  # the prompt run once per pair
-        items = collator.tokenize(records)
-        return reference.compute_logps(
-            pack_shared_prefix(items[i : i + batch_size]) for i in range(0, len(items), batch_size)
-        )
+        pack, forward = pack_shared_prefix, shared_prefix_preference_logps
+    else:
+        pack, forward = pack_tokenized, packed_preference_logps
+    items = collator.tokenize(records)
     was_training = reference.training
     reference.eval()
     parts: list[tuple[torch.Tensor, ...]] = []
     try:
-        for start in range(0, len(records), batch_size):
-            batch = pack_pair_batch(collator(list(records[start : start + batch_size])))
-            out = packed_preference_logps(reference, batch, chunk_size=chunk_size)
+        for start in range(0, len(items), batch_size):
+            batch = pack(items[start : start + batch_size])
+            out = forward(reference, batch, chunk_size=chunk_size)
             parts.append(tuple(t.cpu() for t in out))
     finally:
         reference.train(was_training)
