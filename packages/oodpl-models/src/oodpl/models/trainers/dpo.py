@@ -64,6 +64,7 @@ from oodpl.models.trainers.pair_batching import (
     PairBatches,
     PairBatchingOptions,
     plan_pair_batches,
+    resolve_packing,
 )
 
 REFERENCE_MODES: tuple[str, ...] = ("precomputed", "model")
@@ -147,20 +148,20 @@ def precompute_reference_logps(
     ``config.reference_cache_dir`` the values come from / go to the on-disk cache.
     """
     carried = tokenized.items if tokenized is not None else list(records)
-    plan = tokenized
-    if plan is None or reference.tokenizer is not plan.collator.tokenizer:
-        plan = plan_pair_batches(reference, records, config)
-    if config.reference_cache_dir is not None:
+    if config.reference_cache_dir is not None:  # the cache keys and tokenises the records itself
         cached = cached_reference_logps(
             reference,
             list(records),
             cache_dir=config.reference_cache_dir,
             collator=reference.preference_collator(**config.collator_overrides()),
             batch_size=config.reference_batch_size,
-            packed=plan.packs,
+            packed=resolve_packing(reference, config),
         )
         chosen, rejected = cached.chosen_logps, cached.rejected_logps
     else:
+        plan = tokenized
+        if plan is None or reference.tokenizer is not plan.collator.tokenizer:
+            plan = plan_pair_batches(reference, records, config)
         size = config.reference_batch_size
         out = reference.compute_logps(
             plan.collate(plan.items[i : i + size]) for i in range(0, len(plan.items), size)

@@ -83,6 +83,16 @@ def packing_unavailable(model: nn.Module) -> str | None:
     return None
 
 
+def resolve_packing(model: nn.Module, options: PairBatchingOptions) -> bool:
+    """Whether ``model``'s batches may be packed under ``options.packing`` (``ValueError``
+    naming the field for ``"always"`` on a model that cannot run packed)."""
+    reason = packing_unavailable(model)
+    if options.packing == "always" and reason is not None:
+        name = type(options).__name__
+        raise ValueError(f"{name}.packing='always' but {reason}; use 'auto' or 'never'")
+    return options.packing != "never" and reason is None
+
+
 def packed_collator(
     model: nn.Module, collator: PreferenceCollator, mode: str = "auto"
 ) -> PackedPreferenceCollator:
@@ -119,11 +129,7 @@ def plan_pair_batches(
     options.check_batching()
     collator = model.preference_collator(**options.collator_overrides())
     items = collator.tokenize(records)
-    reason = packing_unavailable(model)
-    name = type(options).__name__
-    if options.packing == "always" and reason is not None:
-        raise ValueError(f"{name}.packing='always' but {reason}; use 'auto' or 'never'")
-    packs = options.packing != "never" and reason is None
+    packs = resolve_packing(model, options)
     collate: Callable[[Sequence[Any]], Batch] = collator
     if packs:
         collate = packed_collator(
@@ -156,4 +162,5 @@ __all__ = [
     "packed_collator",
     "packing_unavailable",
     "plan_pair_batches",
+    "resolve_packing",
 ]
