@@ -45,6 +45,14 @@ def is_seq2seq(model: nn.Module) -> bool:
     return bool(getattr(unwrap(model).config, "is_encoder_decoder", False))
 
 
+def recomputes_layers(model: nn.Module) -> bool:
+    """Whether a backward pass would re-run layers (activation checkpointing while training)."""
+    lm = unwrap(model)
+    return torch.is_grad_enabled() and any(
+        getattr(m, "gradient_checkpointing", False) and m.training for m in lm.modules()
+    )
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position of each token among the real tokens of its row (0 on left padding)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

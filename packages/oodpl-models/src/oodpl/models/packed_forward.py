@@ -41,7 +41,8 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AttentionInterface
 
-from oodpl.models.backbone import _accepts_position_ids, unwrap
+from oodpl.models.backbone import _accepts_position_ids, recomputes_layers, unwrap
+from oodpl.models.last_layer import scored_positions_only
 from oodpl.models.logps import DEFAULT_CHUNK_SIZE, chunked_token_logps
 from oodpl.models.packing import (
     PACKED_KEYS,
@@ -140,14 +141,6 @@ def supports_varlen(model: nn.Module) -> bool:
     return getattr(config, "model_type", "") not in ("bloom", "mpt", "falcon")
 
 
-def _checkpointing(model: nn.Module) -> bool:
-    """Whether a backward pass would re-run layers (activation checkpointing while training)."""
-    lm = unwrap(model)
-    return torch.is_grad_enabled() and any(
-        getattr(m, "gradient_checkpointing", False) and m.training for m in lm.modules()
-    )
-
-
 def _resolve(model: nn.Module, attention: str) -> str:
     """The concrete mode for ``attention``. ``"varlen"`` swaps the attention implementation for
     the forward only, so it is never used when activation checkpointing would re-run the layers
@@ -158,7 +151,7 @@ def _resolve(model: nn.Module, attention: str) -> str:
     if attention == "auto":
         if implementation in _FLASH:
             return "position_ids"
-        if supports_varlen(model) and not _checkpointing(model):
+        if supports_varlen(model) and not recomputes_layers(model):
             return "varlen"
         return "block_diagonal"
     if attention == "varlen" and not supports_varlen(model):
@@ -166,7 +159,7 @@ def _resolve(model: nn.Module, attention: str) -> str:
             f"attention='varlen' needs plain causal attention; {unwrap(model).config.model_type} "
             "has a sliding window / soft-capping / bias: use attention='block_diagonal'"
         )
-    if attention == "varlen" and _checkpointing(model):
+    if attention == "varlen" and recomputes_layers(model):
         raise ValueError(
             "attention='varlen' cannot run under activation checkpointing (the backward pass "
             "re-runs the layers outside the packed forward): use attention='auto' or "
@@ -363,8 +356,9 @@ def packed_rewards(
     ``reward_model`` is an :class:`oodpl.models.reward_model.RewardModel`.
     """
     _check_packed(packed, reward_model.max_positions)
-    hidden = packed_hidden_states(reward_model.model, packed, attention=attention)
     last = (packed["cu_seqlens"][1:] - 1).long()
+    with scored_positions_only(reward_model.model, torch.zeros_like(last), last):
+        hidden = packed_hidden_states(reward_model.model, packed, attention=attention)
     return pair_scores(reward_model, hidden, last, int(packed["n_pairs"]))
 
 

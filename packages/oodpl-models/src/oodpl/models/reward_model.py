@@ -32,6 +32,7 @@ from oodpl.models.backbone import (
     validate_batch,
 )
 from oodpl.models.collate import concat_pair_batch, is_pair_batch
+from oodpl.models.last_layer import scored_positions_only
 from oodpl.models.lora import LoraSpec, apply_lora
 from oodpl.models.packed_forward import packed_rewards
 from oodpl.models.packing import is_packed_batch
@@ -124,10 +125,12 @@ class RewardModel(TransformerWrapper):
     def rewards(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """``r_φ(x, y)`` for each row of a sequence batch -> float32 ``[B]``."""
         validate_batch(batch, seq2seq=self.seq2seq, max_positions=self.max_positions)
-        hidden = hidden_states(self.model, batch)
         _, mask = scored_sequence(batch)
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        pooled = hidden[rows, last_token_index(mask).to(hidden.device)]
+        last = last_token_index(mask)
+        rows = torch.arange(last.shape[0], device=last.device)
+        with scored_positions_only(self.model, rows, last):  # the last layer at `last` only
+            hidden = hidden_states(self.model, batch)
+        pooled = hidden[rows.to(hidden.device), last.to(hidden.device)]
         return self.value_head(pooled.to(self.value_head.weight.dtype)).squeeze(-1)
 
     def preference_rewards(

@@ -28,10 +28,10 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AttentionInterface
 
-from oodpl.models.backbone import unwrap
+from oodpl.models.backbone import recomputes_layers, unwrap
+from oodpl.models.last_layer import scored_positions_only
 from oodpl.models.logps import DEFAULT_CHUNK_SIZE
 from oodpl.models.packed_forward import (
-    _checkpointing,
     backend_mask,
     check_packable,
     packed_row_hidden_states,
@@ -216,7 +216,7 @@ def shared_prefix_hidden_states(
             f"prefix-shared packing needs a mask-taking attention backend; the model uses "
             f"{implementation!r}: pack separate sequences instead (packing.pack_tokenized)"
         )
-    fast = supports_varlen(model) and not _checkpointing(model)
+    fast = supports_varlen(model) and not recomputes_layers(model)
     with _layout(batch):
         return packed_row_hidden_states(
             model,
@@ -232,8 +232,10 @@ def shared_prefix_rewards(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(r(x, y_w) [B], r(x, y_l) [B])``: ``RewardModel.preference_rewards`` on this layout."""
     _check(batch, reward_model.max_positions)
-    hidden = shared_prefix_hidden_states(reward_model.model, batch)
-    return pair_scores(reward_model, hidden, batch["reward_index"], int(batch["n_pairs"]))
+    index = batch["reward_index"]
+    with scored_positions_only(reward_model.model, torch.zeros_like(index), index):
+        hidden = shared_prefix_hidden_states(reward_model.model, batch)
+    return pair_scores(reward_model, hidden, index, int(batch["n_pairs"]))
 
 
 def shared_prefix_preference_logps(
