@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from oodpl.core.hypergrad._jacobian import FeatureJacobian, Pullback
 from oodpl.core.hypergrad._params import Params, add, detach, dot, leaf_copy, norm, zeros_like
 
 InnerLoss = Callable[[Params, Params, Any], Tensor]
@@ -49,19 +50,31 @@ class SeparableInnerLoss:
     derivatives of ``loss`` w.r.t. ``(θ, a)`` only, and ``c_k`` is pulled back to ``φ`` by one
     first-order vector-Jacobian product of ``features`` per step. The finite-difference method
     thus evaluates ``features`` once per step instead of at both ``θ ± εv``.
+
+    With ``feature_jacobian(φ, batch) -> (a, {name: ∂a/∂φ})`` (per-sample Jacobians
+    ``[B, *φ[name].shape]``, or ``None`` to decline) the kept inner steps compute ``a_k`` and
+    ``∂a_k/∂φ`` together and ``J_kᵀ v = Σ_i c_{k,i} ∂a_{k,i}/∂φ`` is a contraction, with no pass
+    through ``features`` in the reverse pass (:mod:`oodpl.core.hypergrad._jacobian`; used while
+    ``B · |φ| ≤ |θ|``, reported in ``HypergradResult.details["feature_jacobian_steps"]``).
     """
 
     def __init__(
         self,
         features: Callable[[Params, Any], Tensor],
         loss: Callable[[Params, Tensor, Any], Tensor],
+        *,
+        feature_jacobian: FeatureJacobian | None = None,
     ) -> None:
         if not callable(features):
             raise TypeError(f"features must be callable, got {type(features).__name__}")
         if not callable(loss):
             raise TypeError(f"loss must be callable, got {type(loss).__name__}")
+        if feature_jacobian is not None and not callable(feature_jacobian):
+            kind = type(feature_jacobian).__name__
+            raise TypeError(f"feature_jacobian must be callable or None, got {kind}")
         self.features = features
         self.loss = loss
+        self.feature_jacobian = feature_jacobian
 
     def __call__(self, theta: Params, phi: Params, batch: Any) -> Tensor:
         return self.loss(theta, self.features(phi, batch), batch)
@@ -196,7 +209,7 @@ class StepGraph:
         self.loss_value = float(loss.detach())
         self.theta, self.grads, self.phi = theta, grads, phi
         self.features, self.separable, self.batch, self.where = features, separable, batch, where
-        self.feature_graph: tuple[Tensor, Params] | None = None  # (a with its graph, φ leaves)
+        self.pullback: Pullback | None = None  # c -> (∂a/∂φ)ᵀ c without a features_vjp
 
     def gradient(self) -> Params:
         """``∇_θ L_in`` (detached)."""
@@ -224,16 +237,13 @@ class StepGraph:
         hvp = {k: g.detach() for k, g in zip(first, grads[:n], strict=True)}
         if not want_hvp:
             hvp = {k: torch.zeros_like(v) for k, v in self.theta.items()}
+        pullback, self.pullback = self.pullback, None
         if not want_mixed:
             mixed = zeros_like(detach(phi))
-        elif self.separable is not None and self.feature_graph is not None:
-            value, leaves = self.feature_graph
-            self.feature_graph = None
-            total = torch.sum(value * grads[n].detach().to(value.dtype))
-            mixed, _ = _split(_grads(total, list(leaves.values())), leaves, {})
         elif self.separable is not None:
-            cotangent = grads[n].detach()
-            mixed = features_vjp(self.separable, phi, self.batch, cotangent, where=self.where)
+            mixed = pull_back(
+                self.separable, phi, self.batch, grads[n].detach(), pullback, where=self.where
+            )
         else:
             assert self.phi is not None
             mixed = {k: g.detach() for k, g in zip(self.phi, grads[n:], strict=True)}
@@ -381,6 +391,34 @@ def features_vjp(
     return mixed
 
 
+def pull_back(
+    inner_loss: SeparableInnerLoss,
+    phi: Params,
+    batch: Any,
+    cotangent: Tensor,
+    pullback: Pullback | None,
+    *,
+    where: str = "",
+) -> Params:
+    """``(∂a/∂φ)ᵀ c`` by ``pullback`` (a kept Jacobian or feature graph) if given, else by
+    :func:`features_vjp`."""
+    if pullback is not None:
+        return pullback(cotangent)
+    return features_vjp(inner_loss, phi, batch, cotangent, where=where)
+
+
+def _graph_pullback(value: Tensor, leaves: Params) -> Pullback:
+    """``c -> ∇_φ Σ_i c_i a_i`` through the graph of ``a = features(φ)`` kept from the forward."""
+
+    def pullback(cotangent: Tensor) -> Params:
+        with torch.enable_grad():
+            total = torch.sum(value * cotangent.detach().to(value.dtype))
+            mixed, _ = _split(_grads(total, list(leaves.values())), leaves, {})
+        return mixed
+
+    return pullback
+
+
 def separable_step_graph(
     inner_loss: SeparableInnerLoss,
     theta: Params,
@@ -388,6 +426,7 @@ def separable_step_graph(
     batch: Any,
     *,
     phi: Params | None = None,
+    pullback: Pullback | None = None,
     where: str = "",
 ) -> StepGraph:
     """:func:`step_graph` for a :class:`SeparableInnerLoss`: leaves ``θ`` and ``a``.
@@ -395,13 +434,13 @@ def separable_step_graph(
     With ``phi`` (and ``features=None``) the features are computed here with a first-order
     graph to ``φ`` (fused kernels), which :meth:`StepGraph.products` then uses for ``J ᵀv``
     instead of a fresh :func:`features_vjp`: the inner loop's last step scores its batch once.
+    A ``pullback`` (e.g. a kept per-sample Jacobian) is used for ``J ᵀv`` instead.
     """
-    feature_graph = None
     if phi is not None:
         with torch.enable_grad():
             ph = leaf_copy(phi)
             value = _checked_features(inner_loss.features(ph, batch), where)
-        feature_graph = (value, ph)
+        pullback = _graph_pullback(value, ph)
         features = value
     assert features is not None
     with torch.enable_grad(), twice_differentiable_attention():
@@ -411,7 +450,7 @@ def separable_step_graph(
         g_list = _grads(loss, list(th.values()), create_graph=True)
         _check_twice_differentiable(g_list, where)
     graph = StepGraph(loss, th, g_list, None, a, inner_loss, batch, where)
-    graph.feature_graph = feature_graph
+    graph.pullback = pullback
     return graph
 
 
@@ -424,15 +463,17 @@ def separable_second_order_products(
     vector: Params,
     *,
     want_hvp: bool = True,
+    pullback: Pullback | None = None,
     where: str = "",
 ) -> SecondOrderProducts:
     """:func:`second_order_products` for a :class:`SeparableInnerLoss`.
 
     One double backward of ``loss(θ, a)`` gives ``H v`` and ``c = ∂_a <∇_θ loss, v>`` in ONE
-    ``autograd.grad`` call over ``(θ, a)``; then ``J ᵀv = (∂a/∂φ)ᵀ c`` (:func:`features_vjp`).
-    Equal to the generic path up to round-off (same chain rule, evaluated in another order).
+    ``autograd.grad`` call over ``(θ, a)``; then ``J ᵀv = (∂a/∂φ)ᵀ c`` (``pullback``, else
+    :func:`features_vjp`). Equal to the generic path up to round-off (same chain rule, evaluated
+    in another order).
     """
-    graph = separable_step_graph(inner_loss, theta, features, batch, where=where)
+    graph = separable_step_graph(inner_loss, theta, features, batch, pullback=pullback, where=where)
     return graph.products(vector, phi, want_hvp=want_hvp)
 
 
@@ -445,6 +486,7 @@ def separable_finite_difference_products(
     vector: Params,
     *,
     radius: float,
+    pullback: Pullback | None = None,
     where: str = "",
 ) -> SecondOrderProducts:
     """:func:`finite_difference_products` for a :class:`SeparableInnerLoss`.
@@ -453,7 +495,8 @@ def separable_finite_difference_products(
     ``J ᵀv ≈ (∂a/∂φ)ᵀ [∇_a loss(θ+εv, a) − ∇_a loss(θ−εv, a)]/2ε`` (``ε = R/‖v‖``): the same
     central differences as the generic path (the difference of ``∇_φ`` is linear in the
     cotangent), with ``a`` evaluated once and one vector-Jacobian product of ``features``
-    instead of a differentiated ``features`` forward at each of ``θ ± εv``.
+    instead of a differentiated ``features`` forward at each of ``θ ± εv`` (or, with
+    ``pullback``, a contraction with the kept Jacobian).
     """
     size = float(norm(vector))
     if size == 0.0:
@@ -470,7 +513,8 @@ def separable_finite_difference_products(
     assert plus_a is not None and minus_a is not None
     factor = 1.0 / (2.0 * eps)
     hvp = {k: (plus_theta[k] - minus_theta[k]) * factor for k in theta}
-    mixed = features_vjp(inner_loss, phi, batch, (plus_a - minus_a) * factor, where=where)
+    cotangent = (plus_a - minus_a) * factor
+    mixed = pull_back(inner_loss, phi, batch, cotangent, pullback, where=where)
     return SecondOrderProducts(hvp, mixed)
 
 
@@ -485,6 +529,7 @@ def forward_difference_products(
     *,
     radius: float,
     features: Tensor | None = None,
+    pullback: Pullback | None = None,
     where: str = "",
 ) -> SecondOrderProducts:
     """``H v`` and ``J ᵀv`` by one-sided differences from gradients already known at ``θ``.
@@ -493,7 +538,8 @@ def forward_difference_products(
     ``ε = R/‖v‖``; ``base_theta = ∇_θ L(θ)`` and ``base_phi`` (``∇_φ L(θ)``, or for a
     :class:`SeparableInnerLoss` with ``features`` given, ``∇_a loss(θ, a)``) come from the inner
     loop, so each product costs ONE gradient evaluation (plus, for a separable loss, one
-    vector-Jacobian product of ``features``). Truncation error ``O(R)`` (central: ``O(R²)``).
+    vector-Jacobian product of ``features``, or the ``pullback`` contraction). Truncation error
+    ``O(R)`` (central: ``O(R²)``).
     """
     size = float(norm(vector))
     if size == 0.0:
@@ -508,7 +554,8 @@ def forward_difference_products(
         )
         assert plus_a is not None and isinstance(base_phi, Tensor)
         hvp = {k: (plus_theta[k] - base_theta[k]) / eps for k in theta}
-        mixed = features_vjp(inner_loss, phi, batch, (plus_a - base_phi) / eps, where=where)
+        cotangent = (plus_a - base_phi) / eps
+        mixed = pull_back(inner_loss, phi, batch, cotangent, pullback, where=where)
         return SecondOrderProducts(hvp, mixed)
     plus = inner_gradients(inner_loss, shifted, phi, batch, wrt_phi=True, where=where)
     assert plus.phi is not None

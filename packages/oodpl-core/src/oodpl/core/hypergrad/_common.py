@@ -21,6 +21,7 @@ from oodpl.core.hypergrad._autodiff import (
     separable_step_graph,
     step_graph,
 )
+from oodpl.core.hypergrad._jacobian import KeptJacobians, Pullback
 from oodpl.core.hypergrad._params import (
     Params,
     all_finite,
@@ -103,6 +104,13 @@ class Unrolled(NamedTuple):
     inner_losses: list[float]
     last_graph: StepGraph | None = None
     gradients: tuple[BaseGradient, ...] = ()
+    pullbacks: tuple[Pullback | None, ...] = ()
+    details: dict[str, float] = {}  # noqa: RUF012 (never mutated)
+
+    def step_pullbacks(self, steps: int) -> dict[int, Pullback]:
+        """The kept steps' Jacobian pull-backs ``c -> (∂a_k/∂φ)ᵀ c`` by inner step ``k``."""
+        first = steps - len(self.pullbacks)
+        return {first + i: p for i, p in enumerate(self.pullbacks) if p is not None}
 
 
 class BaseGradient(NamedTuple):
@@ -131,6 +139,9 @@ def unroll(
     :class:`StepGraph`) for the reverse pass to reuse: one step's graph, whatever K. With
     ``keep_gradients`` the kept steps' gradients are returned too (:class:`BaseGradient`, one
     more LoRA-sized vector per kept step), the ``φ``-side one from the same backward pass.
+    If the loss has a ``feature_jacobian``, the kept steps take ``a_k`` and ``∂a_k/∂φ`` from it
+    (no ``features`` call) while ``B · |φ| ≤ |θ|``, and ``pullbacks`` holds the contraction
+    ``c -> Σ_i c_i ∂a_{k,i}/∂φ`` per kept step (:mod:`oodpl.core.hypergrad._jacobian`).
     """
     theta = detach(inputs.theta0)
     phi = detach(inputs.phi)
@@ -141,17 +152,31 @@ def unroll(
     iterates: deque[Params] = deque(maxlen=maxlen)
     kept_features: deque[Features] = deque(maxlen=maxlen)
     kept_gradients: deque[BaseGradient] = deque(maxlen=maxlen)
+    kept_pullbacks: deque[Pullback | None] = deque(maxlen=maxlen)
+    jacobians = KeptJacobians(loss_fn, theta, phi)
+    first_kept = len(inputs.inner_batches) - max(keep_last, 0)  # no step kept: no Jacobians
     losses: list[float] = []
     for step, batch in enumerate(inputs.inner_batches):
         where = f"inner step {step}"
         features: Features = None
+        pullback: Pullback | None = None
         side: Tensor | Params | None = None
         build_graph = last_graph and step == len(inputs.inner_batches) - 1
-        if separable and not build_graph:
+        if separable and step >= first_kept and jacobians.active:
+            features, pullback = jacobians(batch, where=where)
+        if separable and features is None and not build_graph:
             features = batch_features(loss_fn, phi, batch, where=where)  # type: ignore[arg-type]
         if build_graph:
-            if separable:  # scores the batch once, keeping that first-order graph for J_kᵀ v
-                graph = separable_step_graph(loss_fn, theta, None, batch, phi=phi, where=where)  # type: ignore[arg-type]
+            if separable:  # scores the batch once, keeping its Jacobian or graph for J_kᵀ v
+                graph = separable_step_graph(
+                    loss_fn,  # type: ignore[arg-type]
+                    theta,
+                    features,
+                    batch,
+                    phi=phi if features is None else None,
+                    pullback=pullback,
+                    where=where,
+                )
                 features = graph.features.detach()  # type: ignore[union-attr]
             else:
                 graph = step_graph(loss_fn, theta, phi, batch, where=where)
@@ -171,6 +196,7 @@ def unroll(
         if keep_last > 0:
             iterates.append(theta)
             kept_features.append(features)
+            kept_pullbacks.append(pullback)
             if keep_gradients:
                 assert side is not None
                 kept_gradients.append(BaseGradient(grad, side))
@@ -182,7 +208,14 @@ def unroll(
                 "lower lr or check inner_loss"
             )
     return Unrolled(
-        theta, list(iterates), list(kept_features), losses, graph, tuple(kept_gradients)
+        theta,
+        list(iterates),
+        list(kept_features),
+        losses,
+        graph,
+        tuple(kept_gradients),
+        tuple(kept_pullbacks),
+        jacobians.details(),
     )
 
 

@@ -14,7 +14,9 @@ as ``R → 0`` until floating-point cancellation dominates (keep R ≈ 1e-2 in f
 :class:`~oodpl.core.hypergrad.SeparableInnerLoss` (``φ`` only through features ``a``) the
 features are computed once per step by the inner loop, the two evaluations at ``θ^k ± εv``
 differentiate ``loss(θ, a)`` w.r.t. ``(θ, a)``, and the difference of the ``a``-gradients is
-pulled back to ``φ`` by one first-order vector-Jacobian product of ``features``.
+pulled back to ``φ`` by one first-order vector-Jacobian product of ``features`` (or, with kept
+per-sample feature Jacobians, by the contraction ``Σ_i c_i ∂a_i/∂φ``: no pass through
+``features`` in the reverse pass).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from oodpl.core.hypergrad._common import (
     Unrolled,
     check_inputs,
 )
+from oodpl.core.hypergrad._jacobian import Pullback
 from oodpl.core.hypergrad._params import Params, check_positive, detach
 from oodpl.core.hypergrad.truncated import check_truncate
 from oodpl.core.hypergrad.unrolled import ProductFunction, iterative_hypergradient
@@ -46,20 +49,39 @@ __all__ = ["SCHEMES", "first_order_hypergradient"]
 SCHEMES = ("central", "forward")
 
 
-def _finite_difference_products(inputs: CheckedInputs, radius: float) -> ProductFunction:
-    phi = detach(inputs.phi)
-    loss = inputs.inner_loss
+class _CentralDifferenceProducts:
+    """Central differences at ``θ^k ± εv`` (kept feature Jacobians pull ``c_k`` back)."""
 
-    def products(theta: Params, features: Features, batch: Any, v: Params, step: int, hvp: bool):
+    def __init__(self, inputs: CheckedInputs, radius: float) -> None:
+        self.phi = detach(inputs.phi)
+        self.loss = inputs.inner_loss
+        self.radius = radius
+        self.pullbacks: dict[int, Pullback] = {}
+
+    def prepare(self, unrolled: Unrolled, steps: int) -> None:
+        self.pullbacks = unrolled.step_pullbacks(steps)
+
+    def __call__(
+        self, theta: Params, features: Features, batch: Any, v: Params, step: int, hvp: bool
+    ) -> SecondOrderProducts:
         del hvp  # both products come from the same two gradient evaluations
         where = f"reverse pass, inner step {step}"
-        if isinstance(loss, SeparableInnerLoss) and features is not None:
+        pullback = self.pullbacks.pop(step, None)
+        if isinstance(self.loss, SeparableInnerLoss) and features is not None:
             return separable_finite_difference_products(
-                loss, theta, phi, features, batch, v, radius=radius, where=where
+                self.loss,
+                theta,
+                self.phi,
+                features,
+                batch,
+                v,
+                radius=self.radius,
+                pullback=pullback,
+                where=where,
             )
-        return finite_difference_products(loss, theta, phi, batch, v, radius=radius, where=where)
-
-    return products
+        return finite_difference_products(
+            self.loss, theta, self.phi, batch, v, radius=self.radius, where=where
+        )
 
 
 class _ForwardDifferenceProducts:
@@ -72,10 +94,12 @@ class _ForwardDifferenceProducts:
         self.loss = inputs.inner_loss
         self.radius = radius
         self.base: dict[int, BaseGradient] = {}
+        self.pullbacks: dict[int, Pullback] = {}
 
     def prepare(self, unrolled: Unrolled, steps: int) -> None:
         first = steps - len(unrolled.gradients)
         self.base = {first + i: g for i, g in enumerate(unrolled.gradients)}
+        self.pullbacks = unrolled.step_pullbacks(steps)
 
     def __call__(
         self, theta: Params, features: Features, batch: Any, v: Params, step: int, hvp: bool
@@ -92,6 +116,7 @@ class _ForwardDifferenceProducts:
             base.side,  # type: ignore[arg-type]
             radius=self.radius,
             features=features if isinstance(self.loss, SeparableInnerLoss) else None,
+            pullback=self.pullbacks.pop(step, None),
             where=f"reverse pass, inner step {step}",
         )
 
@@ -130,6 +155,6 @@ def first_order_hypergradient(
     if scheme == "forward":
         products = _ForwardDifferenceProducts(inputs, step_radius)
     else:
-        products = _finite_difference_products(inputs, step_radius)
+        products = _CentralDifferenceProducts(inputs, step_radius)
     result = iterative_hypergradient(inputs, outer_batch, depth, products, "first_order")
     return result

@@ -11,7 +11,9 @@ rebuilt, used for one Hessian/mixed product, and freed, so memory is
 ``O(K · |θ|)`` for the iterates plus ONE step's activations. With a
 :class:`~oodpl.core.hypergrad._autodiff.SeparableInnerLoss` the features ``a_k`` of the forward
 sweep are reused, ``H_k v`` and ``c_k = ∂_a <∇_θ L_in, v>`` come from one double backward over
-``(θ, a)``, and ``J_kᵀ v = (∂a_k/∂φ)ᵀ c_k`` from one first-order pass through ``features``.
+``(θ, a)``, and ``J_kᵀ v = (∂a_k/∂φ)ᵀ c_k`` from one first-order pass through ``features``, or,
+when the loss gives per-sample Jacobians (``feature_jacobian``, kept while ``B·|φ| ≤ |θ|``), by
+the contraction ``Σ_i c_{k,i} ∂a_{k,i}/∂φ`` with no pass through ``features`` at all.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from oodpl.core.hypergrad._common import (
     make_result,
     unroll,
 )
+from oodpl.core.hypergrad._jacobian import Pullback
 from oodpl.core.hypergrad._params import Params, detach, zeros_like
 
 __all__ = [
@@ -56,6 +59,7 @@ class ExactProducts:
 
     The last inner step's graph is built by the inner loop itself (``unroll(last_graph=True)``)
     and handed over through :attr:`pending`, so the reverse pass rebuilds only ``T − 1`` steps.
+    Kept per-sample feature Jacobians (:attr:`pullbacks`) replace the ``features`` VJP.
     """
 
     unroll_options: ClassVar[dict[str, bool]] = {"last_graph": True}
@@ -64,21 +68,32 @@ class ExactProducts:
         self.phi = detach(inputs.phi)
         self.loss = inputs.inner_loss
         self.pending: dict[int, StepGraph] = {}
+        self.pullbacks: dict[int, Pullback] = {}
 
     def prepare(self, unrolled: Unrolled, steps: int) -> None:
         if unrolled.last_graph is not None:
             self.pending[steps - 1] = unrolled.last_graph
+        self.pullbacks = unrolled.step_pullbacks(steps)
 
     def __call__(
         self, theta: Params, features: Features, batch: Any, v: Params, step: int, hvp: bool
     ) -> SecondOrderProducts:
         graph = self.pending.pop(step, None)
+        pullback = self.pullbacks.pop(step, None)  # freed once used
         if graph is not None:
             return graph.products(v, self.phi, want_hvp=hvp)
         where = f"reverse pass, inner step {step}"
         if isinstance(self.loss, SeparableInnerLoss) and features is not None:
             return separable_second_order_products(
-                self.loss, theta, self.phi, features, batch, v, want_hvp=hvp, where=where
+                self.loss,
+                theta,
+                self.phi,
+                features,
+                batch,
+                v,
+                want_hvp=hvp,
+                pullback=pullback,
+                where=where,
             )
         return second_order_products(
             self.loss, theta, self.phi, batch, v, want_hvp=hvp, where=where
@@ -130,11 +145,12 @@ def iterative_hypergradient(
         prepare(unrolled, len(inputs.inner_batches))
     theta_k, iterates, features = unrolled.theta, unrolled.iterates, unrolled.features
     inner_losses = unrolled.inner_losses
+    details = {"inner_steps": float(len(inputs.inner_batches)), "truncate": float(truncate)}
+    details.update(unrolled.details)
     del unrolled
     outer_loss, v = outer_gradient(inputs.outer_loss, theta_k, outer_batch, where="at θ^K")
     batches = inputs.inner_batches
     grad = reverse_recurrence(products, iterates, features, batches, inputs.phi, v, inputs.lr)
-    details = {"inner_steps": float(len(inputs.inner_batches)), "truncate": float(truncate)}
     return make_result(grad, theta_k, inner_losses, outer_loss, method, details)
 
 

@@ -53,6 +53,7 @@ from oodpl.core.records import Completion, Preference
 from oodpl.models.backbone import to_device
 from oodpl.models.engine.loop import JsonlLogger
 from oodpl.models.lora import detached_copy
+from oodpl.models.per_sample_grads import PerSampleGradientError, PerSampleGradients
 from oodpl.models.policy import Policy
 from oodpl.models.reward_model import RewardModel
 from oodpl.models.trainers._policy_common import (
@@ -63,6 +64,7 @@ from oodpl.models.trainers._policy_common import (
     check_policy,
     check_records,
 )
+from oodpl.models.trainers.pair_batching import packed_collator, packing_unavailable
 
 Params = dict[str, torch.Tensor]
 SECOND_ORDER_METHODS = ("unrolled", "truncated", "neumann", "cg")
@@ -106,6 +108,14 @@ class MetaTrainConfig(CollateOptions):
             to both models.
         eval_every: evaluate the held-out objective every this many outer steps (0 = only
             before and after training, when held-out data is given).
+        reward_jacobian: give the hypergradient per-sample Jacobians of the support rewards
+            (``∂r_φ(x_i, y_i)/∂φ`` by one forward + backward with per-sample weight gradients,
+            :mod:`oodpl.models.per_sample_grads`) so that its reverse pass needs no reward-model
+            pass (True; used where ``φ`` holds only ``nn.Linear`` weights/biases and
+            ``B·|φ| ≤ |θ|``, otherwise the vector-Jacobian path; results equal to round-off).
+        pack_queries: collate query batches packed (prefix-shared: each pair's prompt runs
+            once) when the policy can run packed batches and packing saves enough
+            (``packing="auto"`` of the trainers); False = padded (True).
         seed: seed of the data order and of the domain sampling.
         backend: must be ``"torch"`` (the meta-trainer is torch-only).
     """
@@ -127,6 +137,8 @@ class MetaTrainConfig(CollateOptions):
     reward_parameters: str = "all"
     attn_implementation: str | None = "auto"
     eval_every: int = 0
+    reward_jacobian: bool = True
+    pack_queries: bool = True
     seed: int = 0
     backend: str = "torch"
 
@@ -144,6 +156,9 @@ class MetaTrainConfig(CollateOptions):
         check_int(self.query_batch_size, f"{name}.query_batch_size", minimum=1)
         check_int(self.eval_every, f"{name}.eval_every", minimum=0)
         check_int(self.seed, f"{name}.seed", minimum=0)
+        for key in ("reward_jacobian", "pack_queries"):
+            if not isinstance(getattr(self, key), bool):
+                raise TypeError(f"{name}.{key} must be a bool, got {getattr(self, key)!r}")
         for key in ("inner_lr", "beta", "max_weight", "outer_lr"):
             check_number(getattr(self, key), f"{name}.{key}", minimum=0.0, strict=True)
         if self.max_grad_norm is not None:
@@ -171,14 +186,57 @@ class BilevelObjective:
     ``inner_loss`` is a :class:`~oodpl.core.hypergrad.SeparableInnerLoss`: ``φ`` enters ``L_in``
     only through the support rewards ``r_φ(x, y)`` (:meth:`support_rewards`), so the
     hypergradient scores each support batch once and pulls the weights' derivative back through
-    the reward model with one first-order pass per inner step (METHODS §3).
+    the reward model with one first-order pass per inner step (METHODS §3). With
+    ``config.reward_jacobian`` (and ``φ`` made of ``nn.Linear`` weights/biases: LoRA factors,
+    value head) it also gets :meth:`support_reward_jacobian`: each kept inner step scores its
+    batch with per-sample gradients ``∂r_φ(x_i, y_i)/∂φ`` and every ``J_kᵀ v = Σ_i c_i ∂r_i/∂φ``
+    of the reverse pass is a contraction, with no reward-model pass at all.
+
+    ``query_batch`` packs the query pairs (prefix-shared layout) when ``config.pack_queries``
+    and the policy can run packed batches; ``outer_loss`` accepts both layouts (the
+    hypergradient needs only first-order derivatives of ``L_out``).
     """
 
     def __init__(self, policy: Policy, reward_model: RewardModel, config: MetaTrainConfig):
         self.policy = policy
         self.reward_model = reward_model
         self.config = config
-        self.inner_loss = SeparableInnerLoss(self.support_rewards, self.weighted_regression_loss)
+        self._jacobians: dict[tuple[str, ...], PerSampleGradients | None] = {}
+        jacobian = None
+        names = tuple(reward_model.trainable_parameters())
+        if config.reward_parameters == "value_head":
+            names = tuple(k for k in names if k.startswith("value_head."))
+        if config.reward_jacobian and names and self._per_sample(names):
+            jacobian = self.support_reward_jacobian
+        self.inner_loss = SeparableInnerLoss(
+            self.support_rewards, self.weighted_regression_loss, feature_jacobian=jacobian
+        )
+        self.pack_queries = config.pack_queries and packing_unavailable(policy) is None
+
+    def _per_sample(self, names: tuple[str, ...]) -> PerSampleGradients | None:
+        """The per-sample gradient rule for these ``φ`` names (None: not all nn.Linear)."""
+        if names not in self._jacobians:
+            try:
+                self._jacobians[names] = PerSampleGradients(self.reward_model, names)
+            except PerSampleGradientError:
+                self._jacobians[names] = None
+        return self._jacobians[names]
+
+    def support_reward_jacobian(
+        self, phi: Params, batch: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, Params] | None:
+        """``(r_φ(x, y) [B], {name: ∂r_φ(x_i, y_i)/∂φ[name] [B, *shape]})`` of a support batch
+        from one forward and one backward (:class:`~oodpl.models.per_sample_grads.
+        PerSampleGradients`), or ``None`` when ``φ`` or the batch does not fit the per-sample
+        rule (the hypergradient then uses vector-Jacobian products)."""
+        rule = self._per_sample(tuple(phi))
+        if rule is None:
+            return None
+        try:
+            return rule(phi, lambda p: self.reward_model.functional_rewards(p, batch["reward"]))
+        except PerSampleGradientError:
+            self._jacobians[tuple(phi)] = None
+            return None
 
     def support_rewards(self, phi: Params, batch: Mapping[str, Any]) -> torch.Tensor:
         """``r_φ(x, y)`` of a support batch (the features of ``L_in`` that depend on ``φ``)."""
@@ -212,8 +270,12 @@ class BilevelObjective:
             ),
         }
 
-    def query_batch(self, records: Sequence[Preference]) -> dict[str, torch.Tensor]:
-        collator = self.policy.preference_collator(**self.config.collator_overrides())
+    def query_batch(self, records: Sequence[Preference]) -> dict[str, Any]:
+        """Collate query pairs for the policy, packed when :attr:`pack_queries` and packing
+        saves enough (else padded), on the policy's device."""
+        collator: Any = self.policy.preference_collator(**self.config.collator_overrides())
+        if self.pack_queries:
+            collator = packed_collator(self.policy, collator, mode="auto")
         return to_device(collator(records), self.policy.device)
 
 
