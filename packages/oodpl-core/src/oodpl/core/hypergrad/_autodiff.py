@@ -11,7 +11,6 @@ of inner steps. Parameters a loss does not use get an exact zero gradient instea
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -20,7 +19,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from oodpl.core.hypergrad._jacobian import FeatureJacobian, Pullback
-from oodpl.core.hypergrad._params import Params, add, detach, dot, leaf_copy, norm, zeros_like
+from oodpl.core.hypergrad._params import Params, detach, dot, leaf_copy, zeros_like
 
 InnerLoss = Callable[[Params, Params, Any], Tensor]
 Features = Tensor | None  # a_k of a SeparableInnerLoss (None for a plain inner loss)
@@ -292,42 +291,6 @@ def second_order_products(
     return graph.products(vector, phi, want_hvp=want_hvp, want_mixed=want_mixed)
 
 
-def finite_difference_products(
-    inner_loss: InnerLoss,
-    theta: Params,
-    phi: Params,
-    batch: Any,
-    vector: Params,
-    *,
-    radius: float,
-    where: str = "",
-) -> SecondOrderProducts:
-    """``H v`` and ``J ᵀ v`` by a central difference of first-order gradients (METHODS §3).
-
-    With ``ε = R/‖v‖``: ``H v ≈ [∇_θ L(θ+εv) − ∇_θ L(θ−εv)]/2ε`` and
-    ``J ᵀ v ≈ [∇_φ L(θ+εv) − ∇_φ L(θ−εv)]/2ε`` (DARTS-style). Only first-order autodiff is
-    used, so fused attention kernels without a double backward work. The truncation error is
-    ``O(R²)`` (third derivatives of ``L_in``). ``v = 0`` gives exact zeros.
-    """
-    size = float(norm(vector))
-    if size == 0.0:
-        return SecondOrderProducts(zeros_like(detach(theta)), zeros_like(detach(phi)))
-    if not math.isfinite(size):
-        raise FloatingPointError(f"non-finite vector in a finite-difference product ({where})")
-    eps = radius / size
-    plus = inner_gradients(
-        inner_loss, add(theta, vector, eps), phi, batch, wrt_phi=True, where=where
-    )
-    minus = inner_gradients(
-        inner_loss, add(theta, vector, -eps), phi, batch, wrt_phi=True, where=where
-    )
-    assert plus.phi is not None and minus.phi is not None
-    factor = 1.0 / (2.0 * eps)
-    hvp = {k: (plus.theta[k] - minus.theta[k]) * factor for k in theta}
-    mixed = {k: (plus.phi[k] - minus.phi[k]) * factor for k in phi}
-    return SecondOrderProducts(hvp, mixed)
-
-
 # --- separable inner losses (φ only through features a = f(φ, batch)) --------------------------
 
 
@@ -475,90 +438,3 @@ def separable_second_order_products(
     """
     graph = separable_step_graph(inner_loss, theta, features, batch, pullback=pullback, where=where)
     return graph.products(vector, phi, want_hvp=want_hvp)
-
-
-def separable_finite_difference_products(
-    inner_loss: SeparableInnerLoss,
-    theta: Params,
-    phi: Params,
-    features: Tensor,
-    batch: Any,
-    vector: Params,
-    *,
-    radius: float,
-    pullback: Pullback | None = None,
-    where: str = "",
-) -> SecondOrderProducts:
-    """:func:`finite_difference_products` for a :class:`SeparableInnerLoss`.
-
-    ``H v ≈ [∇_θ loss(θ+εv, a) − ∇_θ loss(θ−εv, a)]/2ε`` and
-    ``J ᵀv ≈ (∂a/∂φ)ᵀ [∇_a loss(θ+εv, a) − ∇_a loss(θ−εv, a)]/2ε`` (``ε = R/‖v‖``): the same
-    central differences as the generic path (the difference of ``∇_φ`` is linear in the
-    cotangent), with ``a`` evaluated once and one vector-Jacobian product of ``features``
-    instead of a differentiated ``features`` forward at each of ``θ ± εv`` (or, with
-    ``pullback``, a contraction with the kept Jacobian).
-    """
-    size = float(norm(vector))
-    if size == 0.0:
-        return SecondOrderProducts(zeros_like(detach(theta)), zeros_like(detach(phi)))
-    if not math.isfinite(size):
-        raise FloatingPointError(f"non-finite vector in a finite-difference product ({where})")
-    eps = radius / size
-    _, plus_theta, plus_a = separable_gradients(
-        inner_loss, add(theta, vector, eps), features, batch, wrt_features=True, where=where
-    )
-    _, minus_theta, minus_a = separable_gradients(
-        inner_loss, add(theta, vector, -eps), features, batch, wrt_features=True, where=where
-    )
-    assert plus_a is not None and minus_a is not None
-    factor = 1.0 / (2.0 * eps)
-    hvp = {k: (plus_theta[k] - minus_theta[k]) * factor for k in theta}
-    cotangent = (plus_a - minus_a) * factor
-    mixed = pull_back(inner_loss, phi, batch, cotangent, pullback, where=where)
-    return SecondOrderProducts(hvp, mixed)
-
-
-def forward_difference_products(
-    inner_loss: InnerLoss,
-    theta: Params,
-    phi: Params,
-    batch: Any,
-    vector: Params,
-    base_theta: Params,
-    base_phi: Params,
-    *,
-    radius: float,
-    features: Tensor | None = None,
-    pullback: Pullback | None = None,
-    where: str = "",
-) -> SecondOrderProducts:
-    """``H v`` and ``J ᵀv`` by one-sided differences from gradients already known at ``θ``.
-
-    ``H v ≈ [∇_θ L(θ+εv) − ∇_θ L(θ)]/ε`` and ``J ᵀv ≈ [∇_φ L(θ+εv) − ∇_φ L(θ)]/ε`` with
-    ``ε = R/‖v‖``; ``base_theta = ∇_θ L(θ)`` and ``base_phi`` (``∇_φ L(θ)``, or for a
-    :class:`SeparableInnerLoss` with ``features`` given, ``∇_a loss(θ, a)``) come from the inner
-    loop, so each product costs ONE gradient evaluation (plus, for a separable loss, one
-    vector-Jacobian product of ``features``, or the ``pullback`` contraction). Truncation error
-    ``O(R)`` (central: ``O(R²)``).
-    """
-    size = float(norm(vector))
-    if size == 0.0:
-        return SecondOrderProducts(zeros_like(detach(theta)), zeros_like(detach(phi)))
-    if not math.isfinite(size):
-        raise FloatingPointError(f"non-finite vector in a finite-difference product ({where})")
-    eps = radius / size
-    shifted = add(theta, vector, eps)
-    if isinstance(inner_loss, SeparableInnerLoss) and features is not None:
-        _, plus_theta, plus_a = separable_gradients(
-            inner_loss, shifted, features, batch, wrt_features=True, where=where
-        )
-        assert plus_a is not None and isinstance(base_phi, Tensor)
-        hvp = {k: (plus_theta[k] - base_theta[k]) / eps for k in theta}
-        cotangent = (plus_a - base_phi) / eps
-        mixed = pull_back(inner_loss, phi, batch, cotangent, pullback, where=where)
-        return SecondOrderProducts(hvp, mixed)
-    plus = inner_gradients(inner_loss, shifted, phi, batch, wrt_phi=True, where=where)
-    assert plus.phi is not None
-    hvp = {k: (plus.theta[k] - base_theta[k]) / eps for k in theta}
-    mixed = {k: (plus.phi[k] - base_phi[k]) / eps for k in phi}
-    return SecondOrderProducts(hvp, mixed)

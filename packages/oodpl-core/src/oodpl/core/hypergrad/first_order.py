@@ -24,20 +24,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-from oodpl.core.hypergrad._autodiff import (
-    Features,
-    SecondOrderProducts,
-    SeparableInnerLoss,
-    finite_difference_products,
-    forward_difference_products,
-    separable_finite_difference_products,
-)
+from oodpl.core.hypergrad._autodiff import Features, SecondOrderProducts, SeparableInnerLoss
 from oodpl.core.hypergrad._common import (
     BaseGradient,
     CheckedInputs,
     HypergradResult,
     Unrolled,
     check_inputs,
+)
+from oodpl.core.hypergrad._differences import (
+    finite_difference_products,
+    forward_difference_products,
+    separable_finite_difference_products,
 )
 from oodpl.core.hypergrad._jacobian import Pullback
 from oodpl.core.hypergrad._params import Params, check_positive, detach
