@@ -130,3 +130,30 @@ def test_linear_layer_called_twice():
         grads = torch.autograd.grad(forward(leaves)[i], list(leaves.values()))
         for key, grad in zip(leaves, grads, strict=True):
             torch.testing.assert_close(per_sample[key][i], grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("preset", "targets"),
+    [
+        # LoRA on every Linear: the last layer's attention.dense and MLP run on [B, 1, H] (only
+        # the scored positions, oodpl.models.last_layer); dim 0 is still B
+        ("pythia-tiny", ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")),
+        ("gemma-tiny", None),
+    ],
+)
+def test_per_sample_gradients_other_layouts(tokenizer, completions, preset, targets):
+    model = RewardModel.from_preset(
+        preset, tokenizer, seed=0, lora=LoraSpec(r=2, target_modules=targets)
+    )
+    _noise_(model, seed=4, scale=0.2)
+    model.eval()
+    phi = model.trainable_parameters()
+    if targets is not None:
+        assert any("layers.1.mlp.dense_4h_to_h.lora_A" in k for k in phi)
+    batch = model.completion_collator()(completions[:4])
+    _, per_sample = PerSampleGradients(model, phi)(
+        phi, lambda p: model.functional_rewards(p, batch)
+    )
+    _, expected = _brute_force(model, phi, batch)
+    for key in phi:
+        torch.testing.assert_close(per_sample[key], expected[key], rtol=1e-5, atol=1e-5, msg=key)
