@@ -24,8 +24,11 @@ Rows:
   the exact methods restrict SDPA to its math kernel only inside the steps they differentiate
   twice (the fused kernels have no double backward), as in ``train_meta``; ``first_order``
   never needs it. ``L_in`` is a ``SeparableInnerLoss`` (``φ`` only through the support
-  rewards), so each support batch is scored once per meta-step and ``φ`` gets one
-  reward-model VJP per reverse step;
+  rewards) with per-sample reward Jacobians (``MetaTrainConfig.reward_jacobian``, on by
+  default): each support batch is scored once per meta-step, by one reward forward + backward
+  giving ``∂r_φ(x_i, y_i)/∂φ`` for every row, and every ``J_kᵀ v`` of the reverse pass is a
+  contraction of that Jacobian (no reward-model pass in the reverse pass). The query batch is
+  packed (prefix-shared, ``MetaTrainConfig.pack_queries``);
 * ``full_graph``: plain autograd through all K steps with ``create_graph=True`` (what the reverse
   recurrence avoids; memory grows with K; SDPA on its math kernel throughout);
 * ``higher``: the same unrolled problem through the ``higher`` library (``innerloop_ctx`` around

@@ -68,7 +68,7 @@ def test_full_config_round_trips_through_dump(tmp_path: Path) -> None:
         train:
           lr: 1e-3          # PyYAML reads this as a string; float fields accept it
           max_steps: 20
-          meta: {inner_steps: 2, hypergradient: first_order, radius: 0.02}
+          meta: {inner_steps: 2, hypergradient: first_order, radius: 0.02, fd_scheme: forward}
         engine: {backend: deepspeed, zero_stage: 2, offload_optimizer: true, precision: bf16}
         eval: {temperatures: [0.5, 1]}
         """,
@@ -80,6 +80,7 @@ def test_full_config_round_trips_through_dump(tmp_path: Path) -> None:
     again = load_config(write(tmp_path, dump_config(config), "resolved.yaml"))
     assert again == config
     assert yaml.safe_load(dump_config(config))["train"]["meta"]["radius"] == 0.02
+    assert config.train.meta.fd_scheme == "forward"
 
 
 def test_model_path_replaces_the_default_preset() -> None:
@@ -321,3 +322,21 @@ def test_engine_kwargs_carry_the_training_settings() -> None:
     assert engine.precision == "bf16" and engine.grad_checkpointing
     with pytest.raises(ValueError, match="max_steps must be an integer >= 1"):
         engine_kwargs(config, max_steps=0)
+
+
+@pytest.mark.parametrize("scheme", ["central", "forward"])
+def test_meta_first_order_options_reach_the_trainer(scheme: str) -> None:
+    from types import SimpleNamespace
+
+    from oodpl.cli.pipelines.train_bilevel import meta_train_config
+
+    meta = {"hypergradient": "first_order", "radius": 0.05, "fd_scheme": scheme}
+    config = config_from_dict({"kind": "meta", "train": {"meta": meta}})
+    trainer_config = meta_train_config(SimpleNamespace(config=config), steps=3)
+    assert trainer_config.method == "first_order"
+    assert dict(trainer_config.method_options) == {"radius": 0.05, "scheme": scheme}
+
+
+def test_unknown_fd_scheme_is_refused() -> None:
+    with pytest.raises(ConfigError, match="fd_scheme"):
+        config_from_dict({"kind": "meta", "train": {"meta": {"fd_scheme": "backward"}}})

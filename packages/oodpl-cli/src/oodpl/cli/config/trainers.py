@@ -89,6 +89,13 @@ class MetaTraining:
     radius: float = field(
         default=0.01, metadata=doc("first_order: finite-difference radius R", gt=0)
     )
+    fd_scheme: Literal["central", "forward"] = field(
+        default="central",
+        metadata=doc(
+            "first_order: central differences at θ±εv (two gradients per step, error O(R²)) or "
+            "forward differences against the inner loop's gradients (one, error O(R))"
+        ),
+    )
     implicit_solver: Literal["neumann", "cg"] = field(
         default="neumann", metadata=doc("implicit: H⁻¹v solver")
     )

@@ -44,7 +44,7 @@ def meta_train_config(ctx: RunContext, steps: int) -> Any:
     method = meta.implicit_solver if meta.hypergradient == "implicit" else meta.hypergradient
     options: dict[str, Any] = {
         "truncated": {"truncate": meta.truncate},
-        "first_order": {"radius": meta.radius},
+        "first_order": {"radius": meta.radius, "scheme": meta.fd_scheme},
         "neumann": {"terms": meta.implicit_terms, "damping": meta.damping},
         "cg": {"terms": meta.implicit_terms, "damping": meta.damping},
     }.get(method, {})
