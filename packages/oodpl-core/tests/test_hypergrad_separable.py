@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from oodpl.core.hypergrad import SeparableInnerLoss, hypergradient, unrolled_hypergradient
+from oodpl.core.hypergrad import _differences as D
 from oodpl.core.hypergrad import _params as P
 from oodpl.core.losses import policy_preference_loss, reward_weighted_regression_loss
 
@@ -242,3 +243,78 @@ def test_forward_differences_converge_to_unrolled_like_radius(separable):
     assert errors[1e-2] > 10 * rel_err(central.grad, exact)  # central is more accurate
     with pytest.raises(ValueError, match="scheme must be one of"):
         hypergradient(*args, lr=0.4, method="first_order", scheme="backward")
+
+
+# --- the earliest reverse step of first_order: J^T v only -------------------------------------
+# Its H v never enters the hypergradient, so its gradient evaluations leave θ out of the graph.
+# Checked by counting the evaluations whose θ requires grad, and by the result: identical to a
+# run that computes the unused H v (forced back on), and the unrolled hypergradient to the
+# finite-difference tolerance, for the separable and the generic inner loss.
+
+
+def _recording(features, loss, separable: bool):
+    """The inner loss, plus a list of ``requires_grad`` of θ at each evaluation."""
+    seen: list[bool] = []
+
+    def tracked(theta, rewards, batch):
+        seen.append(all(t.requires_grad for t in theta.values()))
+        return loss(theta, rewards, batch)
+
+    if separable:
+        return SeparableInnerLoss(features, tracked), seen
+    return (lambda theta, phi, batch: tracked(theta, features(phi, batch), batch)), seen
+
+
+@pytest.mark.parametrize("separable", [True, False])
+@pytest.mark.parametrize(("scheme", "per_step"), [("central", 2), ("forward", 1)])
+def test_the_earliest_step_differentiates_w_r_t_phi_only(separable, scheme, per_step, monkeypatch):
+    features, loss, outer_loss, theta0, phi, batches, outer_batch = make_problem(seed=3)
+    k = len(batches)
+
+    def run(force_hvp: bool):
+        inner, seen = _recording(features, loss, separable)
+        if force_hvp:  # the products of every step computed in full, as before the shortcut
+            for name in ("separable_gradients", "inner_gradients"):
+                original = getattr(D, name)
+
+                def full(*args, _original=original, **kwargs):
+                    kwargs["wrt_theta"] = True
+                    return _original(*args, **kwargs)
+
+                monkeypatch.setattr(D, name, full)
+        options = {"radius": 1e-4, "scheme": scheme}
+        result = hypergradient(
+            inner,
+            outer_loss,
+            theta0,
+            phi,
+            batches,
+            outer_batch,
+            lr=0.2,
+            method="first_order",
+            **options,
+        )
+        monkeypatch.undo()
+        return result, seen
+
+    fast, seen = run(force_hvp=False)
+    reverse = seen[k:]  # the inner loop's K evaluations come first
+    assert len(reverse) == per_step * k
+    assert reverse.count(False) == per_step  # the earliest step only
+    assert all(reverse[: per_step * (k - 1)]) and not any(reverse[per_step * (k - 1) :])
+    full, seen_full = run(force_hvp=True)
+    assert all(seen_full)
+    for name in fast.grad:
+        assert torch.allclose(fast.grad[name], full.grad[name], rtol=1e-12, atol=1e-15), name
+    exact = hypergradient(
+        SeparableInnerLoss(features, loss),
+        outer_loss,
+        theta0,
+        phi,
+        batches,
+        outer_batch,
+        lr=0.2,
+        method="unrolled",
+    )
+    error = P.norm(P.add(fast.grad, exact.grad, -1.0)) / P.norm(exact.grad)
+    assert float(error) < (1e-6 if scheme == "central" else 1e-3)

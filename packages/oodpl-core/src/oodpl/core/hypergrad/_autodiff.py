@@ -162,15 +162,22 @@ def inner_gradients(
     batch: Any,
     *,
     wrt_phi: bool = False,
+    wrt_theta: bool = True,
     where: str = "",
 ) -> InnerGradients:
-    """``L_in(θ, φ)``, ``∇_θ L_in`` and (if ``wrt_phi``) ``∇_φ L_in`` from one backward pass."""
+    """``L_in(θ, φ)``, ``∇_θ L_in`` and (if ``wrt_phi``) ``∇_φ L_in`` from one backward pass.
+
+    ``wrt_theta=False`` (with ``wrt_phi``) leaves ``θ`` out of the graph: the backward pass runs
+    only through what ``φ`` touches, and ``∇_θ`` is returned as ``{}``."""
+    if not (wrt_theta or wrt_phi):
+        raise ValueError("inner_gradients needs wrt_theta or wrt_phi")
     with torch.enable_grad():
-        th = leaf_copy(theta)
+        th = leaf_copy(theta) if wrt_theta else detach(theta)
         ph = leaf_copy(phi) if wrt_phi else detach(phi)
         loss = scalar_loss(inner_loss(th, ph, batch), "inner_loss", where)
-        wanted = list(th.values()) + (list(ph.values()) if wrt_phi else [])
-        g_theta, g_phi = _split(_grads(loss, wanted), th, ph if wrt_phi else {})
+        first = th if wrt_theta else {}
+        wanted = list(first.values()) + (list(ph.values()) if wrt_phi else [])
+        g_theta, g_phi = _split(_grads(loss, wanted), first, ph if wrt_phi else {})
     return InnerGradients(float(loss.detach()), g_theta, g_phi if wrt_phi else None)
 
 
@@ -319,15 +326,23 @@ def separable_gradients(
     batch: Any,
     *,
     wrt_features: bool = False,
+    wrt_theta: bool = True,
     where: str = "",
 ) -> tuple[float, Params, Tensor | None]:
-    """``loss(θ, a)``, ``∇_θ loss`` and (if ``wrt_features``) ``∇_a loss``: one backward pass."""
+    """``loss(θ, a)``, ``∇_θ loss`` and (if ``wrt_features``) ``∇_a loss``: one backward pass.
+
+    ``wrt_theta=False`` (with ``wrt_features``) keeps ``θ`` out of the graph: the model's forward
+    runs without recording, only the few operations that use ``a`` are differentiated (no
+    backward through the model), and ``∇_θ`` is returned as ``{}``."""
+    if not (wrt_theta or wrt_features):
+        raise ValueError("separable_gradients needs wrt_theta or wrt_features")
     with torch.enable_grad():
-        th = leaf_copy(theta)
+        th = leaf_copy(theta) if wrt_theta else detach(theta)
         a = features.detach().requires_grad_(wrt_features)
         loss = scalar_loss(inner_loss.loss(th, a, batch), "inner_loss", where)
-        grads = _grads(loss, [*th.values(), *([a] if wrt_features else [])])
-    g_theta = {k: g.detach() for k, g in zip(th, grads, strict=False)}
+        first = th if wrt_theta else {}
+        grads = _grads(loss, [*first.values(), *([a] if wrt_features else [])])
+    g_theta = {k: g.detach() for k, g in zip(first, grads, strict=False)}
     return float(loss.detach()), g_theta, grads[-1].detach() if wrt_features else None
 
 

@@ -34,6 +34,7 @@ def finite_difference_products(
     vector: Params,
     *,
     radius: float,
+    want_hvp: bool = True,
     where: str = "",
 ) -> SecondOrderProducts:
     """``H v`` and ``J ᵀ v`` by a central difference of first-order gradients (METHODS §3).
@@ -41,7 +42,9 @@ def finite_difference_products(
     With ``ε = R/‖v‖``: ``H v ≈ [∇_θ L(θ+εv) − ∇_θ L(θ−εv)]/2ε`` and
     ``J ᵀ v ≈ [∇_φ L(θ+εv) − ∇_φ L(θ−εv)]/2ε`` (DARTS-style). Only first-order autodiff is
     used, so fused attention kernels without a double backward work. The truncation error is
-    ``O(R²)`` (third derivatives of ``L_in``). ``v = 0`` gives exact zeros.
+    ``O(R²)`` (third derivatives of ``L_in``). ``v = 0`` gives exact zeros. ``want_hvp=False``
+    (the earliest reverse step, whose ``H v`` does not enter the result) differentiates w.r.t.
+    ``φ`` only and returns ``H v = 0``.
     """
     size = float(norm(vector))
     if size == 0.0:
@@ -49,15 +52,21 @@ def finite_difference_products(
     if not math.isfinite(size):
         raise FloatingPointError(f"non-finite vector in a finite-difference product ({where})")
     eps = radius / size
-    plus = inner_gradients(
-        inner_loss, add(theta, vector, eps), phi, batch, wrt_phi=True, where=where
-    )
-    minus = inner_gradients(
-        inner_loss, add(theta, vector, -eps), phi, batch, wrt_phi=True, where=where
+    plus, minus = (
+        inner_gradients(
+            inner_loss,
+            add(theta, vector, sign * eps),
+            phi,
+            batch,
+            wrt_phi=True,
+            wrt_theta=want_hvp,
+            where=where,
+        )
+        for sign in (1.0, -1.0)
     )
     assert plus.phi is not None and minus.phi is not None
     factor = 1.0 / (2.0 * eps)
-    hvp = {k: (plus.theta[k] - minus.theta[k]) * factor for k in theta}
+    hvp = _difference(plus.theta, minus.theta, factor, theta, want_hvp)
     mixed = {k: (plus.phi[k] - minus.phi[k]) * factor for k in phi}
     return SecondOrderProducts(hvp, mixed)
 
@@ -72,6 +81,7 @@ def separable_finite_difference_products(
     *,
     radius: float,
     pullback: Pullback | None = None,
+    want_hvp: bool = True,
     where: str = "",
 ) -> SecondOrderProducts:
     """:func:`finite_difference_products` for a :class:`SeparableInnerLoss`.
@@ -89,15 +99,21 @@ def separable_finite_difference_products(
     if not math.isfinite(size):
         raise FloatingPointError(f"non-finite vector in a finite-difference product ({where})")
     eps = radius / size
-    _, plus_theta, plus_a = separable_gradients(
-        inner_loss, add(theta, vector, eps), features, batch, wrt_features=True, where=where
-    )
-    _, minus_theta, minus_a = separable_gradients(
-        inner_loss, add(theta, vector, -eps), features, batch, wrt_features=True, where=where
+    (_, plus_theta, plus_a), (_, minus_theta, minus_a) = (
+        separable_gradients(
+            inner_loss,
+            add(theta, vector, sign * eps),
+            features,
+            batch,
+            wrt_features=True,
+            wrt_theta=want_hvp,
+            where=where,
+        )
+        for sign in (1.0, -1.0)
     )
     assert plus_a is not None and minus_a is not None
     factor = 1.0 / (2.0 * eps)
-    hvp = {k: (plus_theta[k] - minus_theta[k]) * factor for k in theta}
+    hvp = _difference(plus_theta, minus_theta, factor, theta, want_hvp)
     cotangent = (plus_a - minus_a) * factor
     mixed = pull_back(inner_loss, phi, batch, cotangent, pullback, where=where)
     return SecondOrderProducts(hvp, mixed)
@@ -115,6 +131,7 @@ def forward_difference_products(
     radius: float,
     features: Tensor | None = None,
     pullback: Pullback | None = None,
+    want_hvp: bool = True,
     where: str = "",
 ) -> SecondOrderProducts:
     """``H v`` and ``J ᵀv`` by one-sided differences from gradients already known at ``θ``.
@@ -124,7 +141,8 @@ def forward_difference_products(
     :class:`SeparableInnerLoss` with ``features`` given, ``∇_a loss(θ, a)``) come from the inner
     loop, so each product costs ONE gradient evaluation (plus, for a separable loss, one
     vector-Jacobian product of ``features``, or the ``pullback`` contraction). Truncation error
-    ``O(R)`` (central: ``O(R²)``).
+    ``O(R)`` (central: ``O(R²)``). ``want_hvp=False``: ``J ᵀv`` only (no backward through the
+    ``θ``-side model for a separable loss), ``H v = 0``.
     """
     size = float(norm(vector))
     if size == 0.0:
@@ -135,15 +153,30 @@ def forward_difference_products(
     shifted = add(theta, vector, eps)
     if isinstance(inner_loss, SeparableInnerLoss) and features is not None:
         _, plus_theta, plus_a = separable_gradients(
-            inner_loss, shifted, features, batch, wrt_features=True, where=where
+            inner_loss,
+            shifted,
+            features,
+            batch,
+            wrt_features=True,
+            wrt_theta=want_hvp,
+            where=where,
         )
         assert plus_a is not None and isinstance(base_phi, Tensor)
-        hvp = {k: (plus_theta[k] - base_theta[k]) / eps for k in theta}
+        hvp = _difference(plus_theta, base_theta, 1.0 / eps, theta, want_hvp)
         cotangent = (plus_a - base_phi) / eps
         mixed = pull_back(inner_loss, phi, batch, cotangent, pullback, where=where)
         return SecondOrderProducts(hvp, mixed)
-    plus = inner_gradients(inner_loss, shifted, phi, batch, wrt_phi=True, where=where)
+    plus = inner_gradients(
+        inner_loss, shifted, phi, batch, wrt_phi=True, wrt_theta=want_hvp, where=where
+    )
     assert plus.phi is not None
-    hvp = {k: (plus.theta[k] - base_theta[k]) / eps for k in theta}
+    hvp = _difference(plus.theta, base_theta, 1.0 / eps, theta, want_hvp)
     mixed = {k: (plus.phi[k] - base_phi[k]) / eps for k in phi}
     return SecondOrderProducts(hvp, mixed)
+
+
+def _difference(plus: Params, minus: Params, factor: float, theta: Params, wanted: bool) -> Params:
+    """``(plus − minus)·factor`` per entry, or zeros shaped like ``θ`` when not ``wanted``."""
+    if not wanted:
+        return zeros_like(detach(theta))
+    return {k: (plus[k] - minus[k]) * factor for k in theta}

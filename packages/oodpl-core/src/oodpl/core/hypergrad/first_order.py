@@ -16,7 +16,9 @@ features are computed once per step by the inner loop, the two evaluations at ``
 differentiate ``loss(θ, a)`` w.r.t. ``(θ, a)``, and the difference of the ``a``-gradients is
 pulled back to ``φ`` by one first-order vector-Jacobian product of ``features`` (or, with kept
 per-sample feature Jacobians, by the contraction ``Σ_i c_i ∂a_i/∂φ``: no pass through
-``features`` in the reverse pass).
+``features`` in the reverse pass). The earliest reverse step needs ``J ᵀv`` only (its ``H v``
+does not enter the result), so its evaluations differentiate w.r.t. ``a`` (or ``φ``) alone: for a
+separable loss a forward of the ``θ``-side model without a backward through it.
 """
 
 from __future__ import annotations
@@ -62,7 +64,6 @@ class _CentralDifferenceProducts:
     def __call__(
         self, theta: Params, features: Features, batch: Any, v: Params, step: int, hvp: bool
     ) -> SecondOrderProducts:
-        del hvp  # both products come from the same two gradient evaluations
         where = f"reverse pass, inner step {step}"
         pullback = self.pullbacks.pop(step, None)
         if isinstance(self.loss, SeparableInnerLoss) and features is not None:
@@ -75,10 +76,11 @@ class _CentralDifferenceProducts:
                 v,
                 radius=self.radius,
                 pullback=pullback,
+                want_hvp=hvp,
                 where=where,
             )
         return finite_difference_products(
-            self.loss, theta, self.phi, batch, v, radius=self.radius, where=where
+            self.loss, theta, self.phi, batch, v, radius=self.radius, want_hvp=hvp, where=where
         )
 
 
@@ -102,7 +104,6 @@ class _ForwardDifferenceProducts:
     def __call__(
         self, theta: Params, features: Features, batch: Any, v: Params, step: int, hvp: bool
     ) -> SecondOrderProducts:
-        del hvp  # both products come from the same gradient evaluation
         base = self.base.pop(step)  # freed once used
         return forward_difference_products(
             self.loss,
@@ -115,6 +116,7 @@ class _ForwardDifferenceProducts:
             radius=self.radius,
             features=features if isinstance(self.loss, SeparableInnerLoss) else None,
             pullback=self.pullbacks.pop(step, None),
+            want_hvp=hvp,
             where=f"reverse pass, inner step {step}",
         )
 
