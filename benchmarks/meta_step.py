@@ -40,15 +40,17 @@ a transformer's inner problem it is not, and ``H`` is indefinite, so their gradi
 the unrolled one (CG stops at negative curvature and says so; rows that warned are marked
 ``(w)``; ``--damping`` adds ``λI``). Their cost is still what this table measures.
 
-Time: for each K, one process times every row interleaved: one warm-up call each, then ``--repeats``
-rounds calling every row once (the order rotates each round); the table shows the best round per row
-(as ``timeit`` advises: slower rounds only add other processes' interference on a shared machine;
-the median is in the per-row lines on stderr). Ratio = meta-step time / time of K+1 plain steps
-(same process, same rounds). Peak memory: each (method, K) runs in a fresh subprocess (one K = 1
-warm-up call, then one measured call); the increase during the measured call over the memory just
-before it (``_common.PeakMemory``: CUDA ``max_memory_allocated``, or glibc ``malloc`` in-use bytes
-sampled every 0.5 ms on CPU), so it counts the call's activations, graphs and iterates, not the
-models. The unrolled gradient's norm is printed to check methods agree.
+Time: for each K, one process times every row interleaved: one warm-up call each, then
+``--repeats`` rounds calling every row once (the order rotates each round); the table shows the
+best round per row (as ``timeit`` advises: slower rounds only add other processes' interference on
+a shared machine; the median is in the per-row lines on stderr). Ratio = meta-step time / time of
+K+1 plain steps (same process, same rounds); in brackets the median over the rounds of each round's
+own ratio (paired, so a slow moment of the machine inflates both times of that round alike). Peak
+memory: each (method, K) runs in a fresh subprocess (one K = 1 warm-up call, then one measured
+call); the increase during the measured call over the memory just before it
+(``_common.PeakMemory``: CUDA ``max_memory_allocated``, or glibc ``malloc`` in-use bytes sampled
+every 0.5 ms on CPU), so it counts the call's activations, graphs and iterates, not the models. The
+unrolled gradient's norm is printed to check methods agree.
 
 Usage::
 
@@ -286,6 +288,9 @@ def time_worker(args) -> dict[str, dict]:
     for method in live:  # best of the rounds: later ones only add other processes' interference
         out[method]["seconds"] = min(times[method])
         out[method]["median_seconds"] = statistics.median(times[method])
+        if "plain" in live and method != "plain":  # paired: each round against its own plain row
+            paired = [t / p for t, p in zip(times[method], times["plain"], strict=True)]
+            out[method]["paired_ratio"] = statistics.median(paired)
     return out
 
 
@@ -396,7 +401,10 @@ def main() -> None:
     first = next((r for r in results.values() if "n_theta" in r), {})
     print(f"|θ| = {first.get('n_theta', '?')}, |φ| = {first.get('n_phi', '?')}")
     label = memory_label(args.device)
-    print(f"time (s, best round) / ratio to K+1 plain LoRA steps / {label} (MiB)\n")
+    print(
+        f"time (s, best round) / ratio to K+1 plain LoRA steps (best / best; in brackets the "
+        f"median over rounds of the same round's ratio) / {label} (MiB)\n"
+    )
     header = ["method", *(f"K={k}" for k in args.ks)]
     rows = []
     flagged: dict[str, str] = {}
@@ -411,7 +419,10 @@ def main() -> None:
             ratio = (
                 ""
                 if method == "plain" or "error" in base
-                else (f" / {row['seconds'] / base['seconds']:.2f}x")
+                else (
+                    f" / {row['seconds'] / base['seconds']:.2f}x"
+                    f" ({row.get('paired_ratio', float('nan')):.2f}x)"
+                )
             )
             mark = " (w)" if "warning" in row else ""
             cells.append(f"{row['seconds']:.3f} s{ratio} / {row['peak_mib']:.1f}{mark}")
