@@ -21,14 +21,6 @@ DT = torch.float64
 N_PROMPTS, N_CAND, D_POLICY, D_REWARD, HIDDEN, ROWS = 8, 4, 5, 3, 2, 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_problem(seed: int = 0, steps: int = 4, extra_theta: int = 80):
     """Softmax policy over candidates, a one-hidden-layer reward ``r_φ`` (nonlinear in ``φ``),
     reward-weighted regression + proximal inner loss, Bradley-Terry outer loss. ``extra_theta``

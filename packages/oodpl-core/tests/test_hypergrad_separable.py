@@ -271,6 +271,11 @@ def test_the_earliest_step_differentiates_w_r_t_phi_only(separable, scheme, per_
     features, loss, outer_loss, theta0, phi, batches, outer_batch = make_problem(seed=3)
     k = len(batches)
 
+    def solve(inner, method: str, **options):
+        return hypergradient(
+            inner, outer_loss, theta0, phi, batches, outer_batch, lr=0.2, method=method, **options
+        )
+
     def run(force_hvp: bool):
         inner, seen = _recording(features, loss, separable)
         if force_hvp:  # the products of every step computed in full, as before the shortcut
@@ -282,18 +287,7 @@ def test_the_earliest_step_differentiates_w_r_t_phi_only(separable, scheme, per_
                     return _original(*args, **kwargs)
 
                 monkeypatch.setattr(D, name, full)
-        options = {"radius": 1e-4, "scheme": scheme}
-        result = hypergradient(
-            inner,
-            outer_loss,
-            theta0,
-            phi,
-            batches,
-            outer_batch,
-            lr=0.2,
-            method="first_order",
-            **options,
-        )
+        result = solve(inner, "first_order", radius=1e-4, scheme=scheme)
         monkeypatch.undo()
         return result, seen
 
@@ -306,15 +300,6 @@ def test_the_earliest_step_differentiates_w_r_t_phi_only(separable, scheme, per_
     assert all(seen_full)
     for name in fast.grad:
         assert torch.allclose(fast.grad[name], full.grad[name], rtol=1e-12, atol=1e-15), name
-    exact = hypergradient(
-        SeparableInnerLoss(features, loss),
-        outer_loss,
-        theta0,
-        phi,
-        batches,
-        outer_batch,
-        lr=0.2,
-        method="unrolled",
-    )
+    exact = solve(SeparableInnerLoss(features, loss), "unrolled")
     error = P.norm(P.add(fast.grad, exact.grad, -1.0)) / P.norm(exact.grad)
     assert float(error) < (1e-6 if scheme == "central" else 1e-3)

@@ -20,18 +20,10 @@ from oodpl.models.per_sample_grads import (
 from oodpl.models.reward_model import RewardModel
 
 
-def _noise_(module, seed, scale=0.1):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in sorted(module.named_parameters()):
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * scale)
-
-
 @pytest.fixture(scope="module")
-def reward_model(tokenizer):
+def reward_model(tokenizer, perturb):
     model = RewardModel.from_preset("pythia-tiny", tokenizer, seed=0, lora=LoraSpec(r=2))
-    _noise_(model, seed=1, scale=0.2)  # LoRA B starts at zero: make every factor matter
+    perturb(model, seed=1, scale=0.2)  # LoRA B starts at zero: make every factor matter
     return model.eval()
 
 
@@ -141,11 +133,11 @@ def test_linear_layer_called_twice():
         ("gemma-tiny", None),
     ],
 )
-def test_per_sample_gradients_other_layouts(tokenizer, completions, preset, targets):
+def test_per_sample_gradients_other_layouts(tokenizer, completions, preset, targets, perturb):
     model = RewardModel.from_preset(
         preset, tokenizer, seed=0, lora=LoraSpec(r=2, target_modules=targets)
     )
-    _noise_(model, seed=4, scale=0.2)
+    perturb(model, seed=4, scale=0.2)
     model.eval()
     phi = model.trainable_parameters()
     if targets is not None:

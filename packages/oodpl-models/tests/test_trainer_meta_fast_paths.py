@@ -25,22 +25,14 @@ BAD = ["awful", "boring", "broken", "noisy"]
 REWARD_LORA = LoraSpec(r=2)
 
 
-def _noise_(module, seed, scale=0.1):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in sorted(module.named_parameters()):
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * scale)
-
-
-def _models(tokenizer, dtype, reward_lora=REWARD_LORA):
+def _models(tokenizer, perturb, dtype, reward_lora=REWARD_LORA):
     kwargs = {"seed": 0, "attn_implementation": "sdpa", "dtype": dtype}
     policy = Policy.from_preset("pythia-tiny", tokenizer, lora=LoraSpec(r=4), **kwargs)
     reward_model = RewardModel.from_preset(
         "pythia-tiny", tokenizer, lora=reward_lora, **{**kwargs, "seed": 1}
     )
-    _noise_(policy, seed=2, scale=0.05)
-    _noise_(reward_model, seed=3, scale=0.3)
+    perturb(policy, seed=2, scale=0.05)
+    perturb(reward_model, seed=3, scale=0.3)
     return policy.eval(), reward_model.eval()
 
 
@@ -93,8 +85,8 @@ def _flat(grad):
         ("first_order", {"radius": 1e-3, "scheme": "forward"}, 3),
     ],
 )
-def test_reward_jacobian_equals_the_vjp_path(tokenizer, method, options, kept):
-    policy, reward_model = _models(tokenizer, torch.float64)
+def test_reward_jacobian_equals_the_vjp_path(tokenizer, method, options, kept, perturb):
+    policy, reward_model = _models(tokenizer, perturb, torch.float64)
     fast = BilevelObjective(policy, reward_model, MetaTrainConfig())
     slow = BilevelObjective(policy, reward_model, MetaTrainConfig(reward_jacobian=False))
     assert fast.inner_loss.feature_jacobian is not None
@@ -113,9 +105,9 @@ def test_reward_jacobian_equals_the_vjp_path(tokenizer, method, options, kept):
     assert a.inner_losses == pytest.approx(b.inner_losses, rel=1e-12)
 
 
-def test_reward_jacobian_falls_back_where_it_does_not_apply(tokenizer, completions):
+def test_reward_jacobian_falls_back_where_it_does_not_apply(tokenizer, completions, perturb):
     # φ = every trainable weight of a reward model without LoRA: embeddings and layer norms too
-    policy, reward_model = _models(tokenizer, torch.float32, reward_lora=None)
+    policy, reward_model = _models(tokenizer, perturb, torch.float32, reward_lora=None)
     objective = BilevelObjective(policy, reward_model, MetaTrainConfig())
     assert objective.inner_loss.feature_jacobian is None
     phi = reward_model.trainable_parameters()
@@ -131,9 +123,9 @@ def test_reward_jacobian_falls_back_where_it_does_not_apply(tokenizer, completio
     torch.testing.assert_close(jacobian["value_head.bias"], torch.ones(6, 1))
 
 
-def test_memory_rule_falls_back_on_the_models(tokenizer):
+def test_memory_rule_falls_back_on_the_models(tokenizer, perturb):
     """``θ`` = one LoRA factor (128 numbers) < ``B·|φ|``: the VJP path, same hypergradient."""
-    policy, reward_model = _models(tokenizer, torch.float64)
+    policy, reward_model = _models(tokenizer, perturb, torch.float64)
     fast = BilevelObjective(policy, reward_model, MetaTrainConfig())
     slow = BilevelObjective(policy, reward_model, MetaTrainConfig(reward_jacobian=False))
     theta0 = {
@@ -162,8 +154,8 @@ def _full_graph(objective, theta0, phi, support, query):
     return _flat(dict(zip(phi, torch.autograd.grad(outer, list(phi.values())), strict=True)))
 
 
-def test_packed_query_batch_equals_padded(tokenizer):
-    policy, reward_model = _models(tokenizer, torch.float32)
+def test_packed_query_batch_equals_padded(tokenizer, perturb):
+    policy, reward_model = _models(tokenizer, perturb, torch.float32)
     packed = BilevelObjective(policy, reward_model, MetaTrainConfig())
     padded = BilevelObjective(policy, reward_model, MetaTrainConfig(pack_queries=False))
     assert packed.pack_queries and not padded.pack_queries

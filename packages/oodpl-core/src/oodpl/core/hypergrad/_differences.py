@@ -46,12 +46,9 @@ def finite_difference_products(
     (the earliest reverse step, whose ``H v`` does not enter the result) differentiates w.r.t.
     ``φ`` only and returns ``H v = 0``.
     """
-    size = float(norm(vector))
-    if size == 0.0:
+    eps = _step_length(vector, radius, where)
+    if eps is None:
         return SecondOrderProducts(zeros_like(detach(theta)), zeros_like(detach(phi)))
-    if not math.isfinite(size):
-        raise FloatingPointError(f"non-finite vector in a finite-difference product ({where})")
-    eps = radius / size
     plus, minus = (
         inner_gradients(
             inner_loss,
@@ -93,12 +90,9 @@ def separable_finite_difference_products(
     instead of a differentiated ``features`` forward at each of ``θ ± εv`` (or, with
     ``pullback``, a contraction with the kept Jacobian).
     """
-    size = float(norm(vector))
-    if size == 0.0:
+    eps = _step_length(vector, radius, where)
+    if eps is None:
         return SecondOrderProducts(zeros_like(detach(theta)), zeros_like(detach(phi)))
-    if not math.isfinite(size):
-        raise FloatingPointError(f"non-finite vector in a finite-difference product ({where})")
-    eps = radius / size
     (_, plus_theta, plus_a), (_, minus_theta, minus_a) = (
         separable_gradients(
             inner_loss,
@@ -144,12 +138,9 @@ def forward_difference_products(
     ``O(R)`` (central: ``O(R²)``). ``want_hvp=False``: ``J ᵀv`` only (no backward through the
     ``θ``-side model for a separable loss), ``H v = 0``.
     """
-    size = float(norm(vector))
-    if size == 0.0:
+    eps = _step_length(vector, radius, where)
+    if eps is None:
         return SecondOrderProducts(zeros_like(detach(theta)), zeros_like(detach(phi)))
-    if not math.isfinite(size):
-        raise FloatingPointError(f"non-finite vector in a finite-difference product ({where})")
-    eps = radius / size
     shifted = add(theta, vector, eps)
     if isinstance(inner_loss, SeparableInnerLoss) and features is not None:
         _, plus_theta, plus_a = separable_gradients(
@@ -173,6 +164,16 @@ def forward_difference_products(
     hvp = _difference(plus.theta, base_theta, 1.0 / eps, theta, want_hvp)
     mixed = {k: (plus.phi[k] - base_phi[k]) / eps for k in phi}
     return SecondOrderProducts(hvp, mixed)
+
+
+def _step_length(vector: Params, radius: float, where: str) -> float | None:
+    """``ε = R/‖v‖``, or None for ``v = 0`` (the products are then exact zeros)."""
+    size = float(norm(vector))
+    if size == 0.0:
+        return None
+    if not math.isfinite(size):
+        raise FloatingPointError(f"non-finite vector in a finite-difference product ({where})")
+    return radius / size
 
 
 def _difference(plus: Params, minus: Params, factor: float, theta: Params, wanted: bool) -> Params:
