@@ -127,3 +127,28 @@ def test_prefix_shared_packing_matches_padded_on_the_real_checkpoint(smollm2, pe
         for a, b in zip(packed, padded, strict=True):
             scale = max(1.0, float(b.double().abs().max()))
             assert float((a.double() - b.double()).abs().max()) <= 1e-5 * scale
+
+
+def test_last_layer_at_the_reward_positions_on_the_real_checkpoint(smollm2, perturb, monkeypatch):
+    """Llama layout (``self_attn.o_proj`` + ``mlp``): the reward model's last layer restricted to
+    the scored positions gives the full layer's rewards and gradients."""
+    from oodpl.models import last_layer
+
+    _, lm, tokenizer = smollm2
+    rm = RewardModel(copy.deepcopy(lm), tokenizer, lora=LoraSpec(r=4)).eval()
+    perturb(rm, scale=0.01)
+    assert len(last_layer.position_wise_parts(rm.model)) == 2
+    batch = rm.preference_collator(padding_side="left")(PAIRS)
+    params = [p for p in rm.parameters() if p.requires_grad]
+
+    def scores_and_grads():
+        chosen, rejected = rm.preference_rewards(batch)
+        grads = torch.autograd.grad(chosen.sum() - 0.5 * rejected.sum(), params)
+        return torch.cat([chosen, rejected]).detach(), grads
+
+    fast, fast_grads = scores_and_grads()
+    monkeypatch.setattr(last_layer, "position_wise_parts", lambda model: ())
+    full, full_grads = scores_and_grads()
+    assert float((fast - full).abs().max()) <= 1e-5 * max(1.0, float(full.abs().max()))
+    for a, b in zip(fast_grads, full_grads, strict=True):
+        assert float((a - b).abs().max()) <= 1e-5 * max(1.0, float(b.abs().max()))
