@@ -36,14 +36,29 @@ def _model(tokenizer, preset: str, perturb) -> RewardModel:
     return model.eval()
 
 
-def _batches(model: RewardModel, preferences) -> dict[str, dict]:
+def _batches(model, preferences) -> dict[str, dict]:
     collator = model.preference_collator()
-    items: list[TokenizedPreference] = collator.tokenize(preferences[:6])
+    preferences = preferences[:6]
+    items: list[TokenizedPreference] = collator.tokenize(preferences)
     return {
-        "padded": collator(preferences[:6]),
+        "padded": collator(preferences),
         "packed": pack_tokenized(items),
         "shared_prefix": pack_shared_prefix(items),
     }
+
+
+def _generator() -> torch.Generator:
+    return torch.Generator().manual_seed(11)
+
+
+def _assert_same_gradients(fast_grads, full_grads, label: str = "") -> None:
+    """Equal to 1e-5 of the largest gradient entry, which must be far from zero (every
+    parameter tensor gets a gradient)."""
+    scale = max(float(g.abs().max()) for g in full_grads)
+    assert scale > 1e-2, (label, scale)
+    assert all(float(g.abs().max()) > 0 for g in full_grads), label
+    for fast_grad, full_grad in zip(fast_grads, full_grads, strict=True):
+        assert float((fast_grad - full_grad).abs().max()) <= 1e-5 * scale, label
 
 
 def _scores_and_grads(model: RewardModel, batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -64,9 +79,7 @@ def test_rewards_and_gradients_equal_the_full_layer(tokenizer, preferences, pert
         with _full_layer():
             full, full_grads = _scores_and_grads(model, batch)
         assert torch.allclose(fast, full, atol=1e-5, rtol=0), (name, (fast - full).abs().max())
-        assert any(g.abs().max() > 0 for g in full_grads)
-        for fast_grad, full_grad in zip(fast_grads, full_grads, strict=True):
-            assert torch.allclose(fast_grad, full_grad, atol=1e-5, rtol=1e-4), name
+        _assert_same_gradients(fast_grads, full_grads, name)
 
 
 @pytest.mark.parametrize("preset", CAUSAL)
@@ -114,3 +127,31 @@ def test_hooks_are_removed_after_an_error(tokenizer, perturb):
     ):
         raise RuntimeError("boom")
     assert [len(p._forward_pre_hooks) + len(p._forward_hooks) for p in parts] == before
+
+
+def test_a_position_scored_twice_gets_its_gradient_once(tokenizer, completions, perturb):
+    """Repeated (row, col) pairs: the restricted layer's hidden states, read at each copy, give
+    the full layer's values and parameter gradients (no doubled gradient through the scatter)."""
+    from oodpl.models.backbone import hidden_states
+
+    model = _model(tokenizer, "pythia-tiny", perturb)
+    batch = model.completion_collator()(completions[:4])
+    last = batch["attention_mask"].sum(dim=1) - 1  # right padding: the last real token
+    rows = torch.tensor([0, 1, 1, 2, 3, 3, 3])
+    cols = last[rows] - torch.tensor([0, 0, 0, 1, 2, 0, 2])  # real tokens, some twice
+    # per read AND per feature (a sum over features of a layer-normed state has no gradient)
+    weights = torch.randn(rows.numel(), model.model.config.hidden_size, generator=_generator())
+    params = [p for p in model.model.parameters() if p.requires_grad]  # LoRA (no value head)
+    results = []
+    for restricted in (True, False):
+        with (
+            last_layer.scored_positions_only(model.model, rows, cols)
+            if restricted
+            else contextlib.nullcontext()
+        ):
+            picked = hidden_states(model.model, batch)[rows, cols]
+        grads = torch.autograd.grad((weights * picked).sum(), params)
+        results.append((picked.detach(), grads))
+    (fast, fast_grads), (full, full_grads) = results
+    assert torch.allclose(fast, full, atol=1e-5, rtol=0)
+    _assert_same_gradients(fast_grads, full_grads)
