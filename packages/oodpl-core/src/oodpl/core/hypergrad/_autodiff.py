@@ -364,9 +364,7 @@ def features_vjp(
                 f"features returned {shape}, expected shape {tuple(cotangent.shape)} "
                 f"as in the inner steps ({where})"
             )
-        total = torch.sum(value * cotangent.detach().to(value.dtype))
-        mixed, _ = _split(_grads(total, list(ph.values())), ph, {})
-    return mixed
+    return _graph_pullback(value, ph)(cotangent)
 
 
 def pull_back(

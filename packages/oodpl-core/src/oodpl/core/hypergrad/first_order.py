@@ -49,8 +49,9 @@ __all__ = ["SCHEMES", "first_order_hypergradient"]
 SCHEMES = ("central", "forward")
 
 
-class _CentralDifferenceProducts:
-    """Central differences at ``θ^k ± εv`` (kept feature Jacobians pull ``c_k`` back)."""
+class _DifferenceProducts:
+    """What both finite-difference schemes hold: ``φ``, the loss, ``R`` and the kept steps'
+    Jacobian pull-backs (``c_k -> (∂a_k/∂φ)ᵀ c_k``) taken from the inner loop."""
 
     def __init__(self, inputs: CheckedInputs, radius: float) -> None:
         self.phi = detach(inputs.phi)
@@ -60,6 +61,10 @@ class _CentralDifferenceProducts:
 
     def prepare(self, unrolled: Unrolled, steps: int) -> None:
         self.pullbacks = unrolled.step_pullbacks(steps)
+
+
+class _CentralDifferenceProducts(_DifferenceProducts):
+    """Central differences at ``θ^k ± εv``."""
 
     def __call__(
         self, theta: Params, features: Features, batch: Any, v: Params, step: int, hvp: bool
@@ -84,22 +89,20 @@ class _CentralDifferenceProducts:
         )
 
 
-class _ForwardDifferenceProducts:
+class _ForwardDifferenceProducts(_DifferenceProducts):
     """One-sided differences against the gradients the inner loop computed at each ``θ^k``."""
 
     unroll_options: ClassVar[dict[str, bool]] = {"keep_gradients": True}
 
     def __init__(self, inputs: CheckedInputs, radius: float) -> None:
-        self.phi = detach(inputs.phi)
-        self.loss = inputs.inner_loss
-        self.radius = radius
+        super().__init__(inputs, radius)
         self.base: dict[int, BaseGradient] = {}
-        self.pullbacks: dict[int, Pullback] = {}
 
     def prepare(self, unrolled: Unrolled, steps: int) -> None:
+        """Also take the kept steps' gradients ``∇L(θ^k)`` (the one-sided differences' base)."""
+        super().prepare(unrolled, steps)
         first = steps - len(unrolled.gradients)
         self.base = {first + i: g for i, g in enumerate(unrolled.gradients)}
-        self.pullbacks = unrolled.step_pullbacks(steps)
 
     def __call__(
         self, theta: Params, features: Features, batch: Any, v: Params, step: int, hvp: bool
