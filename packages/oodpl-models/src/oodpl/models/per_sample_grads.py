@@ -9,7 +9,8 @@ of ``Σ_i a_i`` give every ``∂a_i/∂φ``: the gradient reaching a Linear laye
     ∂a_i/∂W = Σ_t g[i, t, :]ᵀ x[i, t, :]        ∂a_i/∂b = Σ_t g[i, t, :]
 
 summed over every call of the layer in the forward. Forward hooks on the Linear modules owning
-the named parameters capture their inputs, tensor hooks on their outputs the output gradients;
+the named parameters capture their inputs and outputs, and ONE ``autograd.grad`` of ``Σ_i a_i``
+w.r.t. those outputs gives the output gradients (the parameters' summed gradients are not formed);
 this works when the parameters are swapped in by ``torch.func.functional_call`` (the modules and
 their hooks stay; only the tensors change), as :meth:`RewardModel.functional_rewards` does.
 Used for the meta-trainer's support rewards (``∂r_φ(x_i, y_i)/∂φ`` for LoRA factors and the value
@@ -100,10 +101,7 @@ class PerSampleGradients:
             def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
                 if not args or not isinstance(output, Tensor):
                     raise PerSampleGradientError(f"{path}: Linear called without a tensor input")
-                record: list[Tensor | None] = [args[0].detach(), None]
-                calls[path].append(record)
-                if output.requires_grad:
-                    output.register_hook(lambda grad: record.__setitem__(1, grad.detach()))
+                calls[path].append([args[0].detach(), output])  # output -> its gradient below
 
             return hook
 
@@ -128,8 +126,18 @@ class PerSampleGradients:
                                 f"{path}: input of shape {tuple(x.shape)} does not lead with the "
                                 f"batch dimension B={rows} (a packed or reshaped batch?)"
                             )
-                if value.requires_grad:
-                    torch.autograd.grad(value.sum(), list(leaves.values()), allow_unused=True)
+                # ∂(Σ_i a_i)/∂y for every hooked output y, straight from autograd (the
+                # parameters' own summed gradients are never formed)
+                records = [r for rs in calls.values() for r in rs]
+                reached = [r for r in records if r[1] is not None and r[1].requires_grad]
+                grads: tuple[Tensor | None, ...] = ()
+                if value.requires_grad and reached:
+                    outputs = [r[1] for r in reached]
+                    grads = torch.autograd.grad(value.sum(), outputs, allow_unused=True)
+                for record in records:
+                    record[1] = None
+                for record, grad in zip(reached, grads, strict=False):
+                    record[1] = None if grad is None else grad.detach()
         finally:
             for handle in handles:
                 handle.remove()
