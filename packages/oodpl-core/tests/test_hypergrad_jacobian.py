@@ -15,67 +15,11 @@ from hypothesis import strategies as st
 
 from oodpl.core.hypergrad import SeparableInnerLoss, hypergradient
 from oodpl.core.hypergrad import _params as P
-from oodpl.core.losses import policy_preference_loss, reward_weighted_regression_loss
 
 DT = torch.float64
-N_PROMPTS, N_CAND, D_POLICY, D_REWARD, HIDDEN, ROWS = 8, 4, 5, 3, 2, 6
-
-
-def make_problem(seed: int = 0, steps: int = 4, extra_theta: int = 80):
-    """Softmax policy over candidates, a one-hidden-layer reward ``r_φ`` (nonlinear in ``φ``),
-    reward-weighted regression + proximal inner loss, Bradley-Terry outer loss. ``extra_theta``
-    extra policy parameters (in the proximal term) make ``|θ|`` large enough for the memory rule
-    (``B·|φ| = 6·12 = 72``)."""
-    gen = torch.Generator().manual_seed(seed)
-    feats = torch.randn(N_PROMPTS, N_CAND, D_POLICY, generator=gen, dtype=DT)
-    rfeats = torch.randn(N_PROMPTS, N_CAND, D_REWARD, generator=gen, dtype=DT)
-    lengths = torch.randint(1, 6, (N_PROMPTS, N_CAND), generator=gen)
-    theta0 = {
-        "w": 0.3 * torch.randn(D_POLICY, generator=gen, dtype=DT),
-        "log_temp": torch.tensor(0.1, dtype=DT),
-    }
-    if extra_theta:
-        theta0["extra"] = torch.randn(extra_theta, generator=gen, dtype=DT)
-    phi = {
-        "W": torch.randn(D_REWARD, HIDDEN, generator=gen, dtype=DT),
-        "u": torch.randn(HIDDEN, generator=gen, dtype=DT),
-        "bias": torch.tensor(0.3, dtype=DT),
-        "unused": torch.randn(3, generator=gen, dtype=DT),
-    }
-
-    def logps(theta, prompts, cands):
-        scale = torch.exp(theta["log_temp"]) * (1 + 0.01 * theta.get("extra", torch.zeros(1)).sum())
-        logits = (feats[prompts] @ theta["w"]) * scale
-        per_token = torch.log_softmax(logits, -1).gather(-1, cands[:, None]).squeeze(-1)
-        n_tok = lengths[prompts, cands]
-        return per_token * n_tok, n_tok
-
-    def features(phi_, batch):
-        prompts, cands = batch
-        return torch.tanh(rfeats[prompts, cands] @ phi_["W"]) @ phi_["u"] + phi_["bias"]
-
-    def loss(theta, rewards, batch):
-        lp, n_tok = logps(theta, *batch)
-        prox = sum(torch.sum((theta[k] - theta0[k]) ** 2) for k in theta)
-        return reward_weighted_regression_loss(lp, n_tok, rewards, beta=0.5) + 0.05 * prox
-
-    def outer_loss(theta, batch):
-        prompts, chosen, rejected = batch
-        return policy_preference_loss(
-            *logps(theta, prompts, chosen), *logps(theta, prompts, rejected)
-        )
-
-    batches = [
-        (
-            torch.randint(0, N_PROMPTS, (ROWS,), generator=gen),
-            torch.randint(0, N_CAND, (ROWS,), generator=gen),
-        )
-        for _ in range(steps)
-    ]
-    chosen = torch.randint(0, N_CAND, (N_PROMPTS,), generator=gen)
-    rejected = (chosen + torch.randint(1, N_CAND, (N_PROMPTS,), generator=gen)) % N_CAND
-    outer_batch = (torch.arange(N_PROMPTS), chosen, rejected)
-    return features, loss, outer_loss, theta0, phi, batches, outer_batch
+# conftest's separable_policy_problem with a reward nonlinear in φ; the 80 extra policy values
+# make |θ| large enough for the memory rule (B·|φ| = 6·12 = 72)
+MLP = {"n_prompts": 8, "reward": "mlp", "extra_theta": 80}
 
 
 class Counted:
@@ -111,8 +55,8 @@ CASES = [
 
 
 @pytest.mark.parametrize(("method", "options", "kept"), CASES)
-def test_jacobian_path_equals_the_vjp_path(method, options, kept):
-    features, loss, outer, theta0, phi, batches, outer_batch = make_problem()
+def test_jacobian_path_equals_the_vjp_path(method, options, kept, separable_problem):
+    features, loss, outer, theta0, phi, batches, outer_batch = separable_problem(**MLP)
     counted = Counted(features)
     with_jac = SeparableInnerLoss(counted, loss, feature_jacobian=counted.jacobian)
     plain = SeparableInnerLoss(features, loss)
@@ -132,8 +76,8 @@ def test_jacobian_path_equals_the_vjp_path(method, options, kept):
     assert "feature_jacobian_steps" not in slow.details
 
 
-def test_unrolled_with_jacobian_equals_full_graph_autograd():
-    features, loss, outer, theta0, phi, batches, outer_batch = make_problem(seed=3)
+def test_unrolled_with_jacobian_equals_full_graph_autograd(separable_problem):
+    features, loss, outer, theta0, phi, batches, outer_batch = separable_problem(3, **MLP)
     counted = Counted(features)
     inner = SeparableInnerLoss(counted, loss, feature_jacobian=counted.jacobian)
     result = hypergradient(inner, outer, theta0, phi, batches, outer_batch, lr=0.4)
@@ -157,12 +101,14 @@ def test_unrolled_with_jacobian_equals_full_graph_autograd():
     lr=st.floats(0.05, 0.6),
     case=st.sampled_from(CASES),
 )
-def test_property_jacobian_and_vjp_paths_agree(seed, steps, lr, case):
+def test_property_jacobian_and_vjp_paths_agree(seed, steps, lr, case, separable_problem):
     method, options, _ = case
     options = dict(options)
     if "truncate" in options:
         options["truncate"] = min(options["truncate"], steps)
-    features, loss, outer, theta0, phi, batches, outer_batch = make_problem(seed, steps)
+    features, loss, outer, theta0, phi, batches, outer_batch = separable_problem(
+        seed, steps=steps, **MLP
+    )
     counted = Counted(features)
     with_jac = SeparableInnerLoss(counted, loss, feature_jacobian=counted.jacobian)
     plain = SeparableInnerLoss(features, loss)
@@ -175,9 +121,11 @@ def test_property_jacobian_and_vjp_paths_agree(seed, steps, lr, case):
 
 
 @pytest.mark.parametrize("method", ["unrolled", "first_order"])
-def test_memory_rule_falls_back_to_the_vjp_path(method):
+def test_memory_rule_falls_back_to_the_vjp_path(method, separable_problem):
     """``|θ| = 6 < B·|φ| = 72``: no Jacobian is kept, the result is still the same."""
-    features, loss, outer, theta0, phi, batches, outer_batch = make_problem(extra_theta=0)
+    features, loss, outer, theta0, phi, batches, outer_batch = separable_problem(
+        **{**MLP, "extra_theta": 0}
+    )
     counted = Counted(features)
     with_jac = SeparableInnerLoss(counted, loss, feature_jacobian=counted.jacobian)
     args = (theta0, phi, batches, outer_batch)
@@ -189,8 +137,8 @@ def test_memory_rule_falls_back_to_the_vjp_path(method):
     assert counted.jacobian_calls == 1  # tried once, then off for the rest of the unroll
 
 
-def test_declining_jacobian_falls_back():
-    features, loss, outer, theta0, phi, batches, outer_batch = make_problem()
+def test_declining_jacobian_falls_back(separable_problem):
+    features, loss, outer, theta0, phi, batches, outer_batch = separable_problem(**MLP)
     calls = []
 
     def decline(phi_, batch):
@@ -208,8 +156,8 @@ def test_declining_jacobian_falls_back():
     assert fast.details["feature_jacobian_declined"] == 1
 
 
-def test_implicit_methods_ignore_the_jacobian():
-    features, loss, outer, theta0, phi, batches, outer_batch = make_problem()
+def test_implicit_methods_ignore_the_jacobian(separable_problem):
+    features, loss, outer, theta0, phi, batches, outer_batch = separable_problem(**MLP)
     counted = Counted(features)
     with_jac = SeparableInnerLoss(counted, loss, feature_jacobian=counted.jacobian)
     args = (theta0, phi, batches, outer_batch)
@@ -231,8 +179,8 @@ def test_implicit_methods_ignore_the_jacobian():
         (lambda a, jac: (a, {**jac, "u": jac["u"] * float("nan")}), FloatingPointError, "non-fin"),
     ],
 )
-def test_malformed_jacobians_are_rejected(bad, error, match):
-    features, loss, outer, theta0, phi, batches, outer_batch = make_problem(steps=1)
+def test_malformed_jacobians_are_rejected(bad, error, match, separable_problem):
+    features, loss, outer, theta0, phi, batches, outer_batch = separable_problem(steps=1, **MLP)
     counted = Counted(features)
     inner = SeparableInnerLoss(
         features, loss, feature_jacobian=lambda p, b: bad(*counted.jacobian(p, b))
@@ -241,7 +189,7 @@ def test_malformed_jacobians_are_rejected(bad, error, match):
         hypergradient(inner, outer, theta0, phi, batches, outer_batch, lr=0.4)
 
 
-def test_feature_jacobian_must_be_callable():
-    features, loss, *_ = make_problem(steps=1)
+def test_feature_jacobian_must_be_callable(separable_problem):
+    features, loss, *_ = separable_problem(steps=1, **MLP)
     with pytest.raises(TypeError, match="feature_jacobian must be callable"):
         SeparableInnerLoss(features, loss, feature_jacobian=3)

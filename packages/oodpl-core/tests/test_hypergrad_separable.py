@@ -15,61 +15,8 @@ import torch
 from oodpl.core.hypergrad import SeparableInnerLoss, hypergradient, unrolled_hypergradient
 from oodpl.core.hypergrad import _differences as D
 from oodpl.core.hypergrad import _params as P
-from oodpl.core.losses import policy_preference_loss, reward_weighted_regression_loss
 
 DT = torch.float64
-N_PROMPTS, N_CAND, D_POLICY, D_REWARD = 10, 4, 5, 3
-
-
-def make_problem(seed: int = 0):
-    """Softmax policy over candidates, linear reward ``r_φ``, reward-weighted regression inner
-    loss (+ proximal term) and Bradley-Terry outer loss, as in test_hypergrad_policy."""
-    gen = torch.Generator().manual_seed(seed)
-    feats = torch.randn(N_PROMPTS, N_CAND, D_POLICY, generator=gen, dtype=DT)
-    rfeats = torch.randn(N_PROMPTS, N_CAND, D_REWARD, generator=gen, dtype=DT)
-    lengths = torch.randint(1, 6, (N_PROMPTS, N_CAND), generator=gen)
-    theta0 = {
-        "w": 0.3 * torch.randn(D_POLICY, generator=gen, dtype=DT),
-        "log_temp": torch.tensor(0.1, dtype=DT),
-    }
-    phi = {
-        "r": torch.randn(D_REWARD, generator=gen, dtype=DT),
-        "bias": torch.tensor(0.3, dtype=DT),
-        "unused": torch.randn(2, 2, generator=gen, dtype=DT),
-    }
-
-    def logps(theta, prompts, cands):
-        logits = (feats[prompts] @ theta["w"]) * torch.exp(theta["log_temp"])
-        per_token = torch.log_softmax(logits, -1).gather(-1, cands[:, None]).squeeze(-1)
-        n_tok = lengths[prompts, cands]
-        return per_token * n_tok, n_tok
-
-    def features(phi_, batch):
-        prompts, cands = batch
-        return rfeats[prompts, cands] @ phi_["r"] + phi_["bias"]
-
-    def loss(theta, rewards, batch):
-        lp, n_tok = logps(theta, *batch)
-        prox = sum(torch.sum((theta[k] - theta0[k]) ** 2) for k in theta)
-        return reward_weighted_regression_loss(lp, n_tok, rewards, beta=0.5) + 0.05 * prox
-
-    def outer_loss(theta, batch):
-        prompts, chosen, rejected = batch
-        return policy_preference_loss(
-            *logps(theta, prompts, chosen), *logps(theta, prompts, rejected)
-        )
-
-    batches = [
-        (
-            torch.randint(0, N_PROMPTS, (6,), generator=gen),
-            torch.randint(0, N_CAND, (6,), generator=gen),
-        )
-        for _ in range(4)
-    ]
-    chosen = torch.randint(0, N_CAND, (N_PROMPTS,), generator=gen)
-    rejected = (chosen + torch.randint(1, N_CAND, (N_PROMPTS,), generator=gen)) % N_CAND
-    outer_batch = (torch.arange(N_PROMPTS), chosen, rejected)
-    return features, loss, outer_loss, theta0, phi, batches, outer_batch
 
 
 def full_graph(inner_loss, outer_loss, theta0, phi, batches, outer_batch, lr):
@@ -104,8 +51,8 @@ def rel_err(a, b):
         ("cg", {"terms": 2}, 1e-10),
     ],
 )
-def test_separable_path_equals_the_generic_path(method, options, tol):
-    features, loss, outer, theta0, phi, batches, outer_batch = make_problem()
+def test_separable_path_equals_the_generic_path(method, options, tol, separable_problem):
+    features, loss, outer, theta0, phi, batches, outer_batch = separable_problem()
     separable = SeparableInnerLoss(features, loss)
 
     def generic(theta, phi_, batch):  # the same function, seen as an opaque callable
@@ -123,10 +70,10 @@ def test_separable_path_equals_the_generic_path(method, options, tol):
 
 
 @pytest.mark.parametrize("separable", [True, False])
-def test_exact_methods_equal_full_graph_autograd(separable):
+def test_exact_methods_equal_full_graph_autograd(separable, separable_problem):
     """Reverse recurrence (last step's graph from the inner loop, the others rebuilt) ==
     autograd through the whole unrolled graph, for K = 1 and K = 4."""
-    features, loss, outer, theta0, phi, batches, outer_batch = make_problem(1)
+    features, loss, outer, theta0, phi, batches, outer_batch = separable_problem(1)
     separable_loss = SeparableInnerLoss(features, loss)
     inner = separable_loss if separable else (lambda t, p, b: separable_loss(t, p, b))
     for k in (1, 4):
@@ -136,12 +83,12 @@ def test_exact_methods_equal_full_graph_autograd(separable):
         assert exact.grad_norm > 0
 
 
-def test_separable_cost_model():
+def test_separable_cost_model(separable_problem):
     """features: once per inner step in the inner loop + one vector-Jacobian product per rebuilt
     reverse step (the exact methods' last step keeps its first-order features graph from the inner
     loop); loss: K + (T − 1) for the exact methods (the last step's graph is reused), K + 2K for
     central first-order, K + K for forward first-order."""
-    features, loss, outer, theta0, phi, batches, outer_batch = make_problem(2)
+    features, loss, outer, theta0, phi, batches, outer_batch = separable_problem(2)
     counts = {"features": 0, "loss": 0}
 
     def counted_features(phi_, batch):
@@ -168,8 +115,8 @@ def test_separable_cost_model():
         assert counts == {"features": n_features, "loss": n_loss}, method
 
 
-def test_separable_inner_loss_checks_its_parts():
-    features, loss, outer, theta0, phi, batches, outer_batch = make_problem(3)
+def test_separable_inner_loss_checks_its_parts(separable_problem):
+    features, loss, outer, theta0, phi, batches, outer_batch = separable_problem(3)
     with pytest.raises(TypeError, match="features must be callable"):
         SeparableInnerLoss(None, loss)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="loss must be callable"):
@@ -223,10 +170,10 @@ def test_exact_products_run_sdpa_on_its_math_kernel_only_where_differentiated_tw
 
 
 @pytest.mark.parametrize("separable", [True, False])
-def test_forward_differences_converge_to_unrolled_like_radius(separable):
+def test_forward_differences_converge_to_unrolled_like_radius(separable, separable_problem):
     """One-sided differences against the inner loop's gradients: error ``O(R)`` (first order
     in R, unlike the central scheme's ``O(R²)``), and a wrong scheme name is refused."""
-    features, loss, outer, theta0, phi, batches, outer_batch = make_problem(5)
+    features, loss, outer, theta0, phi, batches, outer_batch = separable_problem(5)
     separable_loss = SeparableInnerLoss(features, loss)
     inner = separable_loss if separable else (lambda t, p, b: separable_loss(t, p, b))
     args = (inner, outer, theta0, phi, batches, outer_batch)
@@ -267,8 +214,10 @@ def _recording(features, loss, separable: bool):
 
 @pytest.mark.parametrize("separable", [True, False])
 @pytest.mark.parametrize(("scheme", "per_step"), [("central", 2), ("forward", 1)])
-def test_the_earliest_step_differentiates_w_r_t_phi_only(separable, scheme, per_step, monkeypatch):
-    features, loss, outer_loss, theta0, phi, batches, outer_batch = make_problem(seed=3)
+def test_the_earliest_step_differentiates_w_r_t_phi_only(
+    separable, scheme, per_step, monkeypatch, separable_problem
+):
+    features, loss, outer_loss, theta0, phi, batches, outer_batch = separable_problem(seed=3)
     k = len(batches)
 
     def solve(inner, method: str, **options):
