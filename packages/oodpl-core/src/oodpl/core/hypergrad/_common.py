@@ -14,12 +14,9 @@ from oodpl.core.hypergrad._autodiff import (
     InnerLoss,
     OuterLoss,
     SeparableInnerLoss,
-    StepGraph,
     batch_features,
     inner_gradients,
     separable_gradients,
-    separable_step_graph,
-    step_graph,
 )
 from oodpl.core.hypergrad._jacobian import KeptJacobians, Pullback
 from oodpl.core.hypergrad._params import (
@@ -30,6 +27,7 @@ from oodpl.core.hypergrad._params import (
     detach,
     norm,
 )
+from oodpl.core.hypergrad._second_order import StepGraph, separable_step_graph, step_graph
 
 
 @dataclass(frozen=True)

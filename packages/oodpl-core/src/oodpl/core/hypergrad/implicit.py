@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from oodpl.core.hypergrad._autodiff import outer_gradient, second_order_products
+from oodpl.core.hypergrad._autodiff import outer_gradient
 from oodpl.core.hypergrad._common import (
     CheckedInputs,
     HypergradResult,
@@ -41,6 +41,7 @@ from oodpl.core.hypergrad._params import (
     norm,
     scale,
 )
+from oodpl.core.hypergrad._second_order import second_order_products
 
 __all__ = ["implicit_hypergradient"]
 

@@ -25,10 +25,7 @@ from oodpl.core.hypergrad._autodiff import (
     Features,
     SecondOrderProducts,
     SeparableInnerLoss,
-    StepGraph,
     outer_gradient,
-    second_order_products,
-    separable_second_order_products,
 )
 from oodpl.core.hypergrad._common import (
     CheckedInputs,
@@ -40,6 +37,11 @@ from oodpl.core.hypergrad._common import (
 )
 from oodpl.core.hypergrad._jacobian import Pullback
 from oodpl.core.hypergrad._params import Params, detach, zeros_like
+from oodpl.core.hypergrad._second_order import (
+    StepGraph,
+    second_order_products,
+    separable_second_order_products,
+)
 
 __all__ = [
     "ExactProducts",
