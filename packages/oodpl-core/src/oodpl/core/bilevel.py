@@ -32,6 +32,7 @@ from oodpl.core.hypergrad.dispatch import METHODS, hypergradient
 
 __all__ = [
     "DomainData",
+    "MetaResume",
     "MetaStepRecord",
     "MetaTestResult",
     "MetaTrainResult",
@@ -134,6 +135,19 @@ class MetaTrainResult:
         return [r.hypergrad_norm for r in self.history]
 
 
+@dataclass(frozen=True)
+class MetaResume:
+    """Where a resumed :func:`meta_train` run continues: after ``step`` completed outer steps.
+
+    ``optimizer_state`` is the outer optimiser's ``state_dict()`` saved after that step (loaded
+    into the freshly built optimiser; ``None`` keeps it fresh, which is exact only for a
+    stateless optimiser such as plain SGD). The caller restores ``phi`` itself.
+    """
+
+    step: int
+    optimizer_state: Mapping[str, Any] | None = None
+
+
 def _default_sgd(lr: float) -> OptimizerFactory:
     return lambda params: torch.optim.SGD(params, lr=lr)
 
@@ -186,6 +200,7 @@ def meta_train(
     max_grad_norm: float | None = None,
     seed: int = 0,
     callback: Callable[[MetaStepRecord], bool | None] | None = None,
+    resume: MetaResume | None = None,
 ) -> MetaTrainResult:
     """Meta-train the shared reward parameters ``phi`` ([OODPL] Alg. 1).
 
@@ -197,6 +212,15 @@ def meta_train(
     optimiser (``outer_optimizer(list_of_phi_tensors)``; default ``SGD(lr=outer_lr)`` as in the
     paper). ``phi`` is updated **in place**. ``callback(record)`` runs after every step; returning
     ``True`` stops training early.
+
+    ``resume=MetaResume(step, optimizer_state)`` continues an interrupted run: ``phi`` must
+    already hold the values saved after outer step ``step`` (``0 <= step <= steps``). The run then
+    goes on exactly as if steps ``0 .. step-1`` had run in this process: the domain sampler's
+    draws of those steps are replayed, every chosen domain's support stream is advanced by
+    ``inner_steps`` batches and its query stream by one batch per skipped step (so the data order
+    is identical), the outer optimiser is loaded from ``optimizer_state``, and steps
+    ``step .. steps-1`` run, their records carrying the true step index. Replay cost: the skipped
+    batches are still drawn (built, e.g. collated) from the streams, though no loss is evaluated.
     """
     theta = clone(check_params(theta_init, "theta_init"))
     phi_checked = check_params(phi, "phi")
@@ -221,15 +245,27 @@ def meta_train(
         raise TypeError(
             "outer_optimizer must be a factory: list of tensors -> torch.optim.Optimizer"
         )
+    start = _check_resume(resume, total_steps)
     optimizer = outer_optimizer(list(phi_checked.values()))
+    if resume is not None and resume.optimizer_state is not None:
+        _load_optimizer_state(optimizer, resume.optimizer_state)
     options = dict(method_options or {})
     names = list(streams)
     generator = torch.Generator().manual_seed(seed)
     result = MetaTrainResult(phi=phi_checked)
 
-    for step in range(total_steps):
+    def sample_domains() -> list[str]:
         order = torch.randperm(len(names), generator=generator)[:per_step].tolist()
-        chosen = [names[i] for i in sorted(order)]
+        return [names[i] for i in sorted(order)]
+
+    for _ in range(start):  # replay the skipped steps' draws (resume)
+        for name in sample_domains():
+            support, query = streams[name]
+            support.take(k_steps)
+            query.next()
+
+    for step in range(start, total_steps):
+        chosen = sample_domains()
         grads: list[Params] = []
         per_domain: dict[str, dict[str, float]] = {}
         for name in chosen:
@@ -276,6 +312,39 @@ def meta_train(
         if callback is not None and callback(record):
             break
     return result
+
+
+def _check_resume(resume: object, total_steps: int) -> int:
+    """The first outer step to run: ``resume.step`` (validated) or 0."""
+    if resume is None:
+        return 0
+    if not isinstance(resume, MetaResume):
+        raise TypeError(f"resume must be a MetaResume or None, got {type(resume).__name__}")
+    start = check_int(resume.step, "resume.step", minimum=0)
+    if start > total_steps:
+        raise ValueError(f"resume.step must be <= steps={total_steps}, got {start}")
+    if resume.optimizer_state is not None and not isinstance(resume.optimizer_state, Mapping):
+        kind = type(resume.optimizer_state).__name__
+        raise TypeError(f"resume.optimizer_state must be an optimizer state_dict, got {kind}")
+    return start
+
+
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
+    """Load ``state`` into ``optimizer``; ``ValueError`` naming ``resume.optimizer_state`` when it
+    was written by another optimiser class (other hyper-parameter names) or for other tensors."""
+    count = sum(len(group["params"]) for group in optimizer.param_groups)
+    what = f"{type(optimizer).__name__} over {count}"
+    try:
+        groups = list(state["param_groups"])
+        for saved, live in zip(groups, optimizer.param_groups, strict=False):
+            if set(saved) != set(live):
+                missing = sorted(set(live) ^ set(saved))
+                raise ValueError(f"its parameter group keys differ in {missing}")
+        optimizer.load_state_dict(dict(state))
+    except (KeyError, ValueError, TypeError, RuntimeError) as err:
+        raise ValueError(
+            f"resume.optimizer_state does not fit the outer optimizer ({what} phi tensors): {err}"
+        ) from None
 
 
 def _mean(values: Iterable[float]) -> float:
