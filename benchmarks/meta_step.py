@@ -110,18 +110,27 @@ WHOLE_GRAPH = ("full_graph", "higher")
 ROWS = ("plain", *METHODS, "full_graph", "higher")
 
 
-def build_problem(args):
-    """(objective, θ_init, φ, support batches, query batch) on ``args.device``."""
+LORA = LoraSpec(r=8, alpha=16.0)  # θ: policy LoRA + LM-head copy; φ: reward LoRA + value head
+
+
+def build_models(args) -> tuple[Policy, RewardModel]:
+    """Policy and reward model on preset ``args.preset`` (random weights, word tokenizer)."""
+    tokenizer = word_tokenizer(args.vocab)
+    policy = Policy.from_preset(args.preset, tokenizer, seed=args.seed, lora=LORA)
+    reward = RewardModel.from_preset(args.preset, tokenizer, seed=args.seed + 1, lora=LORA)
+    return policy, reward
+
+
+def build_problem(args, models: tuple[Policy, RewardModel] | None = None):
+    """(objective, θ_init, φ, support batches, query batch) on ``args.device``, for ``models``
+    (default: :func:`build_models`)."""
     try:
         from oodpl.models.trainers.meta import BilevelObjective, MetaTrainConfig
     except ImportError as error:
         raise SystemExit(f"meta_step.py needs oodpl.models.trainers.meta ({error})") from None
     device = torch.device(args.device)
-    tokenizer = word_tokenizer(args.vocab)
-    lora = LoraSpec(r=8, alpha=16.0)
-    policy = Policy.from_preset(args.preset, tokenizer, seed=args.seed, lora=lora).to(device)
-    reward = RewardModel.from_preset(args.preset, tokenizer, seed=args.seed + 1, lora=lora)
-    reward = reward.to(device)
+    policy, reward = models if models is not None else build_models(args)
+    policy, reward = policy.to(device), reward.to(device)
     policy.eval()
     reward.eval()
     objective = BilevelObjective(policy, reward, MetaTrainConfig(beta=1.0, inner_lr=args.lr))

@@ -10,7 +10,11 @@ first-order gradients at ``θ^k ± εv`` with ``ε = R/‖v‖`` (DARTS-style)::
 Two first-order backward passes per inner step and no double backward, so it works with fused
 attention kernels (SDPA / flash) that have no second derivative. The error per product is
 ``O(R²)`` (third derivatives of ``L_in``), so the result converges to the unrolled hypergradient
-as ``R → 0`` until floating-point cancellation dominates (keep R ≈ 1e-2 in float32). With a
+as ``R → 0`` until floating-point cancellation (``O(ε_mach/R)``, amplified by the model)
+dominates. The best R is model-dependent: in float32, ``R = 1e-2`` gives 5e-4 to 1e-3 relative
+error on a pretrained 135M LM (SmolLM2), while random-weight models have noisier gradients and
+want ``R ≈ 0.1–0.3``; ``benchmarks/first_order_accuracy.py`` measures it
+(``benchmarks/README.md`` §4). With a
 :class:`~oodpl.core.hypergrad.SeparableInnerLoss` (``φ`` only through features ``a``) the
 features are computed once per step by the inner loop, the two evaluations at ``θ^k ± εv``
 differentiate ``loss(θ, a)`` w.r.t. ``(θ, a)``, and the difference of the ``a``-gradients is
@@ -146,7 +150,8 @@ def first_order_hypergradient(
         scheme: ``"central"`` (default; gradients at ``θ^k ± εv``, error ``O(R²)``) or
             ``"forward"`` (``[∇L(θ^k + εv) − ∇L(θ^k)]/ε`` with ``∇L(θ^k)`` kept from the inner
             loop: one gradient evaluation per step instead of two, error ``O(R)``, and one more
-            LoRA-sized gradient kept per step).
+            LoRA-sized gradient kept per step; measured 5–10× less accurate than central on a
+            pretrained LM, for a ~20% cheaper meta-step: ``benchmarks/README.md`` §3–4).
     """
     inputs = check_inputs(inner_loss, outer_loss, theta0, phi, inner_batches, lr)
     step_radius = check_positive(radius, "radius")
