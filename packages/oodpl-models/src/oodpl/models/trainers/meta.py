@@ -20,6 +20,14 @@ The loop itself is :func:`oodpl.core.bilevel.meta_train`; the pure callables are
 :meth:`Policy.functional_sequence_logps` and :meth:`RewardModel.functional_rewards`); this module
 supplies the configuration, the data streams and the held-out evaluation.
 
+**Resumable.** With ``checkpoint_dir`` the trainer saves ``φ``, the outer optimiser's state and
+the held-out evaluations every ``checkpoint_every`` outer steps and after the last one
+(``step-XXXXXXXX/`` plus ``latest``, safetensors + JSON, written atomically;
+:mod:`~oodpl.models.trainers.meta_checkpoint`); ``resume_from`` loads such a state into the reward
+model, checks that the run's settings and data match the saved fingerprint, and continues with
+:class:`oodpl.core.bilevel.MetaResume`, which replays the domain sampler and the data streams
+over the skipped steps, so the resumed run continues exactly as the uninterrupted one.
+
 **Torch backend only.** The hypergradient needs functional calls and double backward on plain
 parameter tensors, which DeepSpeed's partitioned/wrapped parameters do not offer: a config with
 ``backend="deepspeed"`` raises ``ValueError``. Both models run in eval mode (dropout off) so that
@@ -62,6 +70,7 @@ from oodpl.models.trainers._policy_common import (
     check_policy,
     check_records,
 )
+from oodpl.models.trainers.meta_checkpoint import MetaCheckpoints, meta_fingerprint
 from oodpl.models.trainers.meta_objective import BilevelObjective, adapt_policy_parameters
 
 Params = dict[str, torch.Tensor]
@@ -194,11 +203,13 @@ class MetaTrainerResult:
             ``hypergrad_norm`` (of ``mean_i g_i``), ``domains`` and per-domain values.
         held_out: ``{"step", "outer_loss", "pl_accuracy"}`` of the adapted policies on held-out
             preferences (mean over domains), at step 0, every ``eval_every`` steps and the end.
+        last_checkpoint: the last state written (``checkpoint_dir``), if any.
     """
 
     reward_model: RewardModel
     history: list[dict[str, Any]] = field(default_factory=list)
     held_out: list[dict[str, float]] = field(default_factory=list)
+    last_checkpoint: Path | None = None
 
     def series(self, key: str) -> list[float]:
         return [float(r[key]) for r in self.history if key in r]
@@ -313,6 +324,10 @@ def train_meta(
     held_out: Mapping[str, Sequence[Preference]] | None = None,
     log_path: str | Path | None = None,
     callback: Callable[[dict[str, Any]], bool | None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
+    keep_last: int | None = None,
+    resume_from: str | Path | None = None,
 ) -> MetaTrainerResult:
     """Meta-train ``reward_model`` (in place) by [OODPL] Alg. 1 (see the module docstring).
 
@@ -326,6 +341,19 @@ def train_meta(
         log_path: append one JSONL record per outer step (and per held-out evaluation, with
             ``"held_out": true``).
         callback: called with each step's record; returning ``True`` stops training.
+        checkpoint_dir, checkpoint_every, keep_last: save a state (``φ``, outer optimiser,
+            held-out evaluations) as ``checkpoint_dir/step-XXXXXXXX`` every ``checkpoint_every``
+            outer steps and after the last (``0``: only after the last), point
+            ``checkpoint_dir/latest`` at it, keep the newest ``keep_last`` states (as
+            :func:`oodpl.models.engine.loop.train`).
+        resume_from: a state directory or a checkpoint root with ``latest``: ``φ`` is loaded into
+            ``reward_model`` and training continues after the saved step exactly as the
+            uninterrupted run (same ``domains``, ``policy`` and config except ``steps``, which
+            may grow, and ``eval_every``; the settings are checked against the saved
+            fingerprint, a mismatch raises ``ValueError`` naming the field). The held-out
+            evaluations before the saved step are taken from the state and not logged again;
+            ``log_path`` is appended to. Skipped steps' batches are still drawn (collated) to
+            advance the data streams.
     """
     if not isinstance(reward_model, RewardModel):
         kind = type(reward_model).__name__
@@ -344,8 +372,17 @@ def train_meta(
     objective = BilevelObjective(policy, reward_model, config)
     theta_init = detached_copy(policy.trainable_parameters(), requires_grad=False)
     phi = _reward_parameters(reward_model, config.reward_parameters)
+    sizes = {n: (len(d.fine_tuning), len(d.preferences)) for n, d in checked.items()}
+    checkpoints = MetaCheckpoints(
+        meta_fingerprint(config, sizes, phi),
+        config.steps,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        keep_last=keep_last,
+    )
     logger = JsonlLogger(log_path) if log_path is not None else None
     result = MetaTrainerResult(reward_model)
+    resume = checkpoints.restore(resume_from, phi, result.held_out if held_out else None)
     evaluator = (
         _HeldOutEvaluator(objective, checked, held_out, theta_init, config) if held_out else None
     )
@@ -386,6 +423,7 @@ def train_meta(
         step = entry["step"]
         if config.eval_every and step % config.eval_every == 0 and step < config.steps:
             evaluate(step)
+        checkpoints.after_step(step, phi, result.held_out)
         return bool(callback(entry)) if callback is not None else False
 
     optimizer_class = torch.optim.SGD if config.outer_optimizer == "sgd" else torch.optim.Adam
@@ -393,7 +431,8 @@ def train_meta(
     policy.eval()
     reward_model.eval()
     try:
-        evaluate(0)
+        if resume is None:
+            evaluate(0)
         meta_train(
             objective.inner_loss,
             objective.outer_loss,
@@ -405,18 +444,22 @@ def train_meta(
             inner_lr=config.inner_lr,
             method=config.method,
             method_options=dict(config.method_options),
-            outer_optimizer=lambda params: optimizer_class(params, lr=config.outer_lr),
+            outer_optimizer=checkpoints.optimizer(
+                lambda params: optimizer_class(params, lr=config.outer_lr)
+            ),
             domains_per_step=config.domains_per_step,
             max_grad_norm=config.max_grad_norm,
             seed=config.seed,
             callback=on_step,
+            resume=resume,
         )
-        last = len(result.history)
+        last = result.history[-1]["step"] if result.history else (resume.step if resume else 0)
         if last and (not result.held_out or result.held_out[-1]["step"] != last):
             evaluate(last)
     finally:
         policy.train(modes[0])
         reward_model.train(modes[1])
+    result.last_checkpoint = checkpoints.last_checkpoint
     return result
 
 
