@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from oodpl.models.lora import (
     count_parameters,
     detached_copy,
     functional_forward,
+    intended_untying,
     second_order_attention,
     set_parameters,
 )
@@ -161,3 +163,19 @@ def test_second_order_through_an_inner_step_matches_finite_differences(tokenizer
     eager_outer, _ = _one_step_outer_loss(tokenizer, completions, "eager")
     eager = _directional_hypergradient(eager_outer, phi, direction)
     torch.testing.assert_close(eager, analytic, atol=1e-8, rtol=1e-4)
+
+
+def test_lora_models_build_and_reload_without_peft_deprecation_warnings(tokenizer, tmp_path):
+    """peft reads transformers 5's deprecated ``is_gradient_checkpointing`` when it wraps or
+    loads an adapter; oodpl silences that FutureWarning (the user can do nothing about it) and
+    only it: the test turns every FutureWarning into an error, overriding the suite's filters."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        policy = Policy.from_preset("pythia-tiny", tokenizer, lora=LoraSpec(r=2))
+        policy.save_pretrained(tmp_path / "policy")
+        Policy.load(tmp_path / "policy")
+    with warnings.catch_warnings(record=True) as caught:  # other FutureWarnings still pass
+        warnings.simplefilter("always")
+        with intended_untying():
+            warnings.warn("something else is deprecated", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["something else is deprecated"]

@@ -94,10 +94,15 @@ def module_name_of(model: nn.Module, target: nn.Module) -> str:
 @contextlib.contextmanager
 def intended_untying() -> Iterator[None]:
     """Silence peft's warnings about the LM-head copy untying tied embeddings (intended, see
-    :class:`LoraSpec`) and about base models without a config.json next to them (GGUF files);
-    other warnings pass through."""
+    :class:`LoraSpec`), about base models without a config.json next to them (GGUF files), and
+    the FutureWarning transformers 5 raises when peft reads the deprecated
+    ``is_gradient_checkpointing`` property (peft's call, nothing the user can change); other
+    warnings pass through."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*tie_word_embeddings=True.*")
+        warnings.filterwarnings(
+            "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+        )
         warnings.filterwarnings("ignore", message=".*no longer tied after merging.*")
         warnings.filterwarnings("ignore", message="Could not find a config file in .*vocabulary")
         yield
