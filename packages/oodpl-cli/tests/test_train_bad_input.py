@@ -93,11 +93,11 @@ def test_option_conflicts_and_unsupported_combinations(
         "either --output-dir or --run-dir",
     )
     one_line_error(invoke("train", "meta", "--deepspeed", "zero2"), "torch backend only")
-    fake = tmp_path / "meta-run"
+    fake = tmp_path / "sampling-run"
     fake.mkdir()
-    (fake / "config.yaml").write_text("kind: meta\n")
-    one_line_error(invoke("train", "meta", "--resume", str(fake)), "cannot be resumed")
-    one_line_error(invoke("train", "rm", "--resume", str(fake)), "is a 'meta' run")
+    (fake / "config.yaml").write_text("kind: rjs\ntrain: {rjs: {reward_model: x}}\n")
+    one_line_error(invoke("train", "rjs", "--resume", str(fake)), "cannot be resumed")
+    one_line_error(invoke("train", "rm", "--resume", str(fake)), "is a 'rjs' run")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     one_line_error(invoke("train", "rm"), "2-process run needs an explicit run directory")

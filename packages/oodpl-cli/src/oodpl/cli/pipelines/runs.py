@@ -93,13 +93,17 @@ def run_path(config: RunConfig) -> Path:
 
 
 def checkpoint_step(root: Path) -> int | None:
-    """The step of ``root/latest`` (a loop checkpoint root), ``None`` when there is none."""
+    """The step of ``root/latest`` (a loop or meta-training checkpoint root), ``None`` when there
+    is none."""
     from oodpl.models.engine.loop import resolve_checkpoint
     from oodpl.models.engine.state import EngineStateError
+    from oodpl.models.trainers.meta_checkpoint import META_STATE_FILE, meta_checkpoint_step
 
     if not (root / "latest").is_file():
         return None
     try:
+        if (root / (root / "latest").read_text().strip() / META_STATE_FILE).is_file():
+            return meta_checkpoint_step(root)
         state = resolve_checkpoint(root)
         return int(json.loads((state / "engine.json").read_text())["global_step"])
     except (EngineStateError, OSError, ValueError, KeyError) as exc:

@@ -9,7 +9,12 @@ METHODS §3).
   preferences. Evaluated before and after: the meta-objective itself, ``mean_i L_out^i(θ_i^K(φ))``
   with PL accuracy, over each training domain's whole preference set on fixed support batches
   (the trainer's ``held_out`` evaluation, given the query sets), and the reward model's own
-  preference accuracy on every domain's evaluation pairs. Torch backend only, not resumable.
+  preference accuracy on every domain's evaluation pairs. Torch backend only. Resumable: a
+  state (``φ``, outer optimiser, held-out evaluations; safetensors + JSON) is saved under
+  ``checkpoints/step-XXXXXXXX`` every ``train.save_every`` outer steps and at the end, and
+  ``--resume RUN_DIR`` continues from ``checkpoints/latest`` exactly as the uninterrupted run
+  (:mod:`oodpl.models.trainers.meta_checkpoint`; the config must be unchanged except the step
+  count).
 - meta-test: the frozen ``φ*`` (``train.meta.reward_model``) weights the held-out domain's
   fine-tuning completions and the policy is trained by reward-weighted regression, keeping the
   step with the lowest selection loss (:func:`oodpl.models.trainers.meta_test.train_meta_test`).
@@ -23,7 +28,7 @@ from typing import Any
 from oodpl.cli.errors import BadInputError
 from oodpl.cli.pipelines import build as B
 from oodpl.cli.pipelines.evaluate import evaluate_policy, evaluate_reward_model
-from oodpl.cli.pipelines.runs import RunContext, barrier, final_weights
+from oodpl.cli.pipelines.runs import STATES_KEPT, RunContext, barrier, final_weights
 from oodpl.cli.report.results import SummaryRow
 
 STEP_KEYS_SKIPPED = ("step", "domains", "held_out")
@@ -90,7 +95,7 @@ def run_meta(ctx: RunContext) -> Any:
         reward_model, data, cfg.eval, label="before", batch_size=cfg.train.eval_batch_size
     )
     run = ctx.run
-    if run is not None:
+    if run is not None and not ctx.resumed:  # a resumed run kept its step-0 records
         from oodpl.cli.pipelines.sections import log_evaluation
 
         log_evaluation(run, 0, before)
@@ -117,9 +122,14 @@ def run_meta(ctx: RunContext) -> Any:
             meta_train_config(ctx, steps),
             held_out=objective_sets,
             callback=on_step,
+            checkpoint_dir=ctx.checkpoints,
+            checkpoint_every=cfg.train.save_every,
+            keep_last=STATES_KEPT,
+            resume_from=ctx.resume_from,
         )
+    logged = _held_out_steps_logged(ctx)
     for entry in result.held_out:
-        if run is not None:
+        if run is not None and int(entry["step"]) not in logged:
             metrics = {k: v for k, v in entry.items() if k != "step"}
             run.log_metrics(int(entry["step"]), metrics, phase="eval")
     final = final_weights(ctx, reward_model, None, lambda: None)
@@ -136,6 +146,18 @@ def run_meta(ctx: RunContext) -> Any:
         rows.append(SummaryRow("outer_loss/id", entry["outer_loss"], note=note))
         rows.append(SummaryRow("pl_accuracy/id", entry["pl_accuracy"], note=note))
     return Outcome([before, after], summary=rows)
+
+
+def _held_out_steps_logged(ctx: RunContext) -> set[int]:
+    """Steps whose held-out (meta-objective) evaluation metrics.jsonl already holds: after a
+    resume only step 0 can be there (:func:`~.runs.trim_metrics` drops later evaluations)."""
+    if ctx.run is None or not ctx.resumed:
+        return set()
+    return {
+        int(r["step"])
+        for r in ctx.run.read_metrics()
+        if r.get("phase") == "eval" and "outer_loss" in r and int(r.get("step", -1)) == 0
+    }
 
 
 def run_meta_test(ctx: RunContext) -> Any:
