@@ -291,16 +291,23 @@ def _save(
         extra["trainer_state"] = trainer_state.state_dict()
     path = engine.save_state(root / name, extra=extra)
     if engine.is_main:
-        tmp = root / (LATEST_FILE + ".partial")
-        tmp.write_text(name + "\n")
-        tmp.replace(root / LATEST_FILE)
-        if keep_last is not None:
-            states = sorted(
-                p
-                for p in root.glob("step-*")
-                if p.is_dir() and not p.name.endswith((".partial", ".old"))
-            )
-            for old in states[:-keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
+        point_latest(root, name, keep_last=keep_last)
     engine.barrier()
     return path
+
+
+def point_latest(root: Path, name: str, *, keep_last: int | None) -> None:
+    """Point ``root/latest`` at the complete state ``root/name`` (written to a temporary file
+    and renamed, so ``latest`` is never half-written), then keep only the newest ``keep_last``
+    ``step-*`` states (``None``: all)."""
+    tmp = root / (LATEST_FILE + ".partial")
+    tmp.write_text(name + "\n")
+    tmp.replace(root / LATEST_FILE)
+    if keep_last is not None:
+        states = sorted(
+            p
+            for p in root.glob("step-*")
+            if p.is_dir() and not p.name.endswith((".partial", ".old"))
+        )
+        for old in states[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)

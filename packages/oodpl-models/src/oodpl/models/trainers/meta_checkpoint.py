@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from oodpl.core.bilevel import MetaResume
-from oodpl.models.engine.loop import LATEST_FILE, checkpoint_name
+from oodpl.models.engine.loop import LATEST_FILE, checkpoint_name, point_latest
 from oodpl.models.engine.state import (
     EngineStateError,
     begin_staging,
@@ -246,17 +246,7 @@ def save_meta_checkpoint(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     commit_staging(staging, final, is_main=True, barrier=_no_barrier)
-    pointer = root / (LATEST_FILE + ".partial")
-    pointer.write_text(final.name + "\n")
-    pointer.replace(root / LATEST_FILE)
-    if keep_last is not None:
-        states = sorted(
-            p
-            for p in root.glob("step-*")
-            if p.is_dir() and not p.name.endswith((".partial", ".old"))
-        )
-        for old in states[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+    point_latest(root, final.name, keep_last=keep_last)
     return final
 
 
