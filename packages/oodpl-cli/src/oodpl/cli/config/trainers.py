@@ -87,7 +87,12 @@ class MetaTraining:
         default=1, metadata=doc("truncated: number of last inner steps differentiated", ge=1)
     )
     radius: float = field(
-        default=0.01, metadata=doc("first_order: finite-difference radius R", gt=0)
+        default=0.01,
+        metadata=doc(
+            "first_order: finite-difference radius R (step R/‖v‖); model-dependent, measure it "
+            "with benchmarks/first_order_accuracy.py",
+            gt=0,
+        ),
     )
     fd_scheme: Literal["central", "forward"] = field(
         default="central",
