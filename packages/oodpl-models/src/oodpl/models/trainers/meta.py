@@ -54,9 +54,7 @@ from oodpl.core.bilevel import DomainData, MetaStepRecord, meta_train
 from oodpl.core.hypergrad import METHODS
 from oodpl.core.losses import (
     RWR_WEIGHTINGS,
-    policy_preference_loss,
 )
-from oodpl.core.metrics import pl_accuracy
 from oodpl.core.records import Completion, Preference
 from oodpl.models.engine.loop import JsonlLogger
 from oodpl.models.lora import detached_copy
@@ -71,7 +69,12 @@ from oodpl.models.trainers._policy_common import (
     check_records,
 )
 from oodpl.models.trainers.meta_checkpoint import MetaCheckpoints, meta_fingerprint
-from oodpl.models.trainers.meta_objective import BilevelObjective, adapt_policy_parameters
+from oodpl.models.trainers.meta_evaluation import HeldOutEvaluator
+from oodpl.models.trainers.meta_objective import (
+    BilevelObjective,
+    adapt_policy_parameters,
+    minibatches,
+)
 
 Params = dict[str, torch.Tensor]
 SECOND_ORDER_METHODS = ("unrolled", "truncated", "neumann", "cg")
@@ -181,17 +184,6 @@ class MetaTrainConfig(CollateOptions):
         self.collator_overrides()
 
 
-def minibatches(
-    records: Sequence[Any], batch_size: int, generator: torch.Generator
-) -> Iterator[list[Any]]:
-    """One epoch of shuffled minibatches of ``batch_size`` (the remainder is dropped unless the
-    data is smaller than one batch, which is then used whole)."""
-    order = torch.randperm(len(records), generator=generator).tolist()
-    size = min(batch_size, len(records))
-    for start in range(0, len(order) - size + 1, size):
-        yield [records[i] for i in order[start : start + size]]
-
-
 @dataclass
 class MetaTrainerResult:
     """What :func:`train_meta` returns.
@@ -256,47 +248,6 @@ def _set_attention(config: MetaTrainConfig, *models: Any) -> None:
     elif choice is not None:
         for model in models:
             model.set_attn_implementation(choice)
-
-
-class _HeldOutEvaluator:
-    """``L_out`` and PL accuracy of ``θ^K(φ)`` on held-out preferences, on fixed support batches."""
-
-    def __init__(self, objective, domains, held_out, theta_init, config):
-        self.objective, self.theta_init, self.config = objective, theta_init, config
-        generator = torch.Generator().manual_seed(config.seed + 7919)
-        self.tasks = []
-        for name, pairs in held_out.items():
-            if name not in domains:
-                raise ValueError(f"held_out[{name!r}] names no training domain")
-            pairs = check_records(pairs, Preference, f"held_out[{name!r}]")
-            support: list[dict[str, Any]] = []
-            while len(support) < config.inner_steps:
-                for records in minibatches(
-                    domains[name].fine_tuning, config.support_batch_size, generator
-                ):
-                    support.append(objective.support_batch(records))
-            size = config.query_batch_size
-            queries = [
-                objective.query_batch(pairs[i : i + size]) for i in range(0, len(pairs), size)
-            ]
-            self.tasks.append((support[: config.inner_steps], queries))
-
-    def __call__(self, phi: Params, step: int) -> dict[str, float]:
-        losses, accuracies = [], []
-        for support, queries in self.tasks:
-            theta = adapt_policy_parameters(
-                self.objective, self.theta_init, phi, support, self.config.inner_lr
-            )
-            with torch.no_grad():
-                outs = [self.objective.policy.functional_sequence_logps(theta, q) for q in queries]
-            parts = [torch.cat([o[i] for o in outs]) for i in range(4)]
-            losses.append(float(policy_preference_loss(*parts)))
-            accuracies.append(pl_accuracy(*parts).accuracy)
-        return {
-            "step": step,
-            "outer_loss": math.fsum(losses) / len(losses),
-            "pl_accuracy": math.fsum(accuracies) / len(accuracies),
-        }
 
 
 def _step_record(record: MetaStepRecord) -> dict[str, Any]:
@@ -384,7 +335,7 @@ def train_meta(
     result = MetaTrainerResult(reward_model)
     resume = checkpoints.restore(resume_from, phi, result.held_out if held_out else None)
     evaluator = (
-        _HeldOutEvaluator(objective, checked, held_out, theta_init, config) if held_out else None
+        HeldOutEvaluator(objective, checked, held_out, theta_init, config) if held_out else None
     )
 
     def evaluate(step: int) -> None:

@@ -1,11 +1,12 @@
 """The pure callables of the OODPL bilevel problem on a (policy, reward model) pair
 ([OODPL] Eq. 6–10, METHODS §3): the separable inner loss with its per-sample reward Jacobians,
-the outer loss, the support / query collation, and the plain inner adaptation ``θ^K``.
+the outer loss, the support / query collation and minibatch order, and the plain inner
+adaptation ``θ^K``.
 :mod:`oodpl.models.trainers.meta` runs the meta-training loop on them."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,6 +24,17 @@ if TYPE_CHECKING:
     from oodpl.models.trainers.meta import MetaTrainConfig
 
 Params = dict[str, torch.Tensor]
+
+
+def minibatches(
+    records: Sequence[Any], batch_size: int, generator: torch.Generator
+) -> Iterator[list[Any]]:
+    """One epoch of shuffled minibatches of ``batch_size`` (the remainder is dropped unless the
+    data is smaller than one batch, which is then used whole)."""
+    order = torch.randperm(len(records), generator=generator).tolist()
+    size = min(batch_size, len(records))
+    for start in range(0, len(order) - size + 1, size):
+        yield [records[i] for i in order[start : start + size]]
 
 
 class BilevelObjective:
@@ -152,4 +164,4 @@ def adapt_policy_parameters(
     return theta
 
 
-__all__ = ["BilevelObjective", "adapt_policy_parameters"]
+__all__ = ["BilevelObjective", "adapt_policy_parameters", "minibatches"]
