@@ -21,7 +21,7 @@ def _train(impl: str, steps: int = 5) -> tuple[list[float], torch.Tensor, torch.
         loss = ((engine.model(x) - y) ** 2).mean()
         engine.backward(loss)
         engine.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     flat = torch.cat([p.detach().flatten() for p in module.parameters()])
     return losses, flat, engine.optimizer
 
