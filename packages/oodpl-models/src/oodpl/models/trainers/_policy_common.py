@@ -23,7 +23,7 @@ from oodpl.core.losses import policy_preference_loss, sft_loss
 from oodpl.core.metrics import pl_accuracy
 from oodpl.core.records import Completion, Preference
 from oodpl.models.engine import EngineConfig, TrainingEngine, build_engine
-from oodpl.models.engine.loop import JsonlLogger, LoopResult
+from oodpl.models.engine.loop import JsonlLogger, LoopResult, TrainerState
 from oodpl.models.engine.loop import train as loop_train
 from oodpl.models.policy import Policy
 from oodpl.models.reward_model import RewardModel
@@ -202,13 +202,15 @@ def run_loop(
     on_checkpoint: Callable[[Path, int], None] | None = None,
     extra_log: Mapping[str, Any] | None = None,
     batch_order: Callable[..., list[list[int]]] | None = None,
+    trainer_state: TrainerState | None = None,
 ) -> LoopResult:
     """:func:`oodpl.models.engine.loop.train` with metrics appended to ``log_path`` as JSONL.
 
     ``max_steps`` counts the engine's optimizer steps (the loop trains *until* the engine has
     taken that many), so calling it again with a larger value continues training.
     ``extra_log`` entries (e.g. ``{"iteration": 2}``) are added to every record;
-    ``batch_order`` replaces the loop's shuffled global batches (e.g. length buckets).
+    ``batch_order`` replaces the loop's shuffled global batches (e.g. length buckets);
+    ``trainer_state`` is saved with every checkpoint and restored on resume (the loop's).
     """
     logger = JsonlLogger(log_path) if log_path is not None else None
     extra = dict(extra_log or {})
@@ -231,6 +233,7 @@ def run_loop(
         on_log=on_log,
         on_checkpoint=on_checkpoint,
         batch_order=batch_order,
+        trainer_state=trainer_state,
     )
     for record in result.history:
         record.update(extra)

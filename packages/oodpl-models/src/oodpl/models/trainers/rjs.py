@@ -7,6 +7,12 @@ Each iteration ``t``: sample ``n`` responses per prompt from the current policy
 engine (one engine for all iterations: the optimiser state and the schedule carry over). Empty
 samples (an immediate eos) are skipped; a prompt whose samples are all empty is left out of that
 iteration. The DeepSpeed backend works up to ZeRO-2 (generation needs whole weights).
+
+Resumable: with ``checkpoint_dir`` the engine loop saves a state every ``checkpoint_every`` steps
+and at the end of every round, carrying the round, its best-of-n set and the round statistics
+(:mod:`oodpl.models.trainers.sampling_checkpoint`); ``resume_from`` continues in the middle of a
+round without sampling again, and ends with the uninterrupted run's weights (bit for bit on CPU;
+on GPU, as far as generation and training kernels are deterministic).
 """
 
 from __future__ import annotations
@@ -36,6 +42,12 @@ from oodpl.models.trainers._policy_common import (
     run_loop,
     sample_responses,
     score_responses,
+)
+from oodpl.models.trainers.sampling_checkpoint import (
+    RoundState,
+    load_round_state,
+    rjs_fingerprint,
+    rjs_round_data,
 )
 from oodpl.models.trainers.sft import sft_loss_fn
 
@@ -129,6 +141,10 @@ def train_rjs(
     *,
     engine: EngineConfig | TrainingEngine | None = None,
     log_path: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
+    keep_last: int | None = None,
+    resume_from: str | Path | None = None,
 ) -> RJSResult:
     """Rejection-sampling fine-tuning of ``policy`` (in place) on ``prompts``.
 
@@ -142,6 +158,12 @@ def train_rjs(
             to ZeRO-2).
         log_path: JSONL: SFT steps (with ``iteration``) and one ``{"rjs_round": true, ...}``
             record per round.
+        checkpoint_dir, checkpoint_every, keep_last: engine states every ``checkpoint_every``
+            optimizer steps and at the end of every round, with the round's bookkeeping
+            (:mod:`oodpl.models.trainers.sampling_checkpoint`); ``keep_last`` prunes older ones.
+        resume_from: a state directory, or a checkpoint root with a ``latest`` file: continue
+            that run (the same settings; ``iterations`` may grow). ``result.iterations`` then
+            holds the saved rounds too, ``result.history`` only the steps taken now.
     """
     policy = check_policy(policy)
     texts = check_prompts(prompts)
@@ -149,46 +171,71 @@ def train_rjs(
     if not isinstance(config, RJSConfig):
         raise TypeError(f"config must be an RJSConfig, got {type(config).__name__}")
     forbid_zero3(engine, "RJS")
+    state = RoundState("rjs", rjs_fingerprint(config, texts))
+    state_dir = load_round_state(resume_from, state) if resume_from is not None else None
     trainer = resolve_engine(policy, engine)
     logger = JsonlLogger(log_path) if log_path is not None and trainer.is_main else None
     collator = policy.completion_collator(**config.collator_overrides())
     result = RJSResult(policy, engine=trainer)
     batch_size = config.reward_batch_size
     rounds = config.iterations + int(config.evaluate_final)
-    for iteration in range(rounds):
-        samples = sample_responses(
-            policy, texts, config.n_samples, config.generation, seed=config.seed + 1000 * iteration
-        )
-        selected, stats = best_of_n(
-            texts,
-            samples,
-            reward_model,
-            batch_size=batch_size,
-            collator_overrides=config.collator_overrides(),
-        )
-        trained = iteration < config.iterations
-        entry = {"iteration": iteration, **stats, "trained": trained}
-        result.iterations.append(entry)
-        if logger is not None:
-            logger({**entry, "rjs_round": True})
-        if not trained:
-            break
-        batch = trainer.config.global_batch_size(trainer.world_size)
-        if len(selected) < batch:
+    first = 0
+    if state_dir is not None:
+        if state.round >= config.iterations:
             raise ValueError(
-                f"RJS round {iteration} kept {len(selected)} responses, fewer than one global "
-                f"batch of {batch}: use more prompts or a smaller EngineConfig.micro_batch_size"
+                f"{state_dir}: the checkpoint is in round {state.round}, past the run's "
+                f"iterations={config.iterations}"
+            )
+        selected, result.iterations = rjs_round_data(state, state_dir / "extra.json")
+        first = state.round
+    for iteration in range(first, rounds):
+        if iteration != first or state_dir is None:
+            samples = sample_responses(
+                policy,
+                texts,
+                config.n_samples,
+                config.generation,
+                seed=config.seed + 1000 * iteration,
+            )
+            selected, stats = best_of_n(
+                texts,
+                samples,
+                reward_model,
+                batch_size=batch_size,
+                collator_overrides=config.collator_overrides(),
+            )
+            trained = iteration < config.iterations
+            entry = {"iteration": iteration, **stats, "trained": trained}
+            result.iterations.append(entry)
+            if logger is not None:
+                logger({**entry, "rjs_round": True})
+            if not trained:
+                break
+            batch = trainer.config.global_batch_size(trainer.world_size)
+            if len(selected) < batch:
+                raise ValueError(
+                    f"RJS round {iteration} kept {len(selected)} responses, fewer than one global "
+                    f"batch of {batch}: use more prompts or a smaller EngineConfig.micro_batch_size"
+                )
+            state.begin(
+                iteration, trainer.global_step, selected=selected, rounds=list(result.iterations)
             )
         loop = run_loop(
             trainer,
             selected,
             sft_loss_fn(config.normalize),
             collator,
-            max_steps=trainer.global_step + config.steps_per_iteration,
+            max_steps=state.round_start_step + config.steps_per_iteration,
             log_path=log_path,
             extra_log={"iteration": iteration},
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            keep_last=keep_last,
+            resume_from=state_dir if iteration == first else None,
+            trainer_state=state,
         )
         result.history.extend(loop.history)
+        result.last_checkpoint = loop.last_checkpoint or result.last_checkpoint
     return result
 
 
