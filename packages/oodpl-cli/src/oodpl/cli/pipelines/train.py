@@ -18,10 +18,11 @@ rjs         best-of-n samples by a trained RM, then SFT    mean RM (and gold) re
 ppo         RL against a trained RM with a KL penalty      mean RM (and gold) reward of samples
 ==========  =============================================  ====================================
 
-The kinds whose trainers run the engine loop with checkpoints (sft, rm, dpo, hpl) and meta
-(its own checkpoints, :mod:`oodpl.models.trainers.meta_checkpoint`) save a state every
-``train.save_every`` steps and resume with ``--resume`` (:mod:`.runs`); the others write no
-resumable state. Evaluation runs before and after training.
+The kinds whose trainers run the engine loop with checkpoints (sft, rm, dpo, hpl; rjs with its
+round and best-of-n set, :mod:`oodpl.models.trainers.sampling_checkpoint`) and meta (its own
+checkpoints, :mod:`oodpl.models.trainers.meta_checkpoint`) save a state every
+``train.save_every`` steps and resume with ``--resume`` (:mod:`.runs`); the others (meta-test,
+ppo) write no resumable state. Evaluation runs before and after training.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from oodpl.cli.pipelines.runs import RunContext, barrier, final_weights, prepare
 from oodpl.cli.pipelines.sections import domains_label, log_evaluation, write_evaluations
 from oodpl.cli.report.results import SummaryRow
 
-RESUMABLE = ("sft", "rm", "dpo", "hpl", "meta")
+RESUMABLE = ("sft", "rm", "dpo", "hpl", "meta", "rjs")
 TORCH_ONLY = ("meta",)
 
 

@@ -10,8 +10,13 @@
 Both use the reward model of ``train.<kind>.reward_model`` (a trained ``rm`` run or checkpoint).
 Evaluated before and after: responses sampled for the evaluation prompts of every domain at
 ``eval.temperatures`` × ``eval.repetitions``, scored by that reward model (``mean_reward``) and,
-on the synthetic benchmark, by the gold reward (``mean_gold``). Neither trainer writes resumable
-checkpoints, so these kinds do not take ``--resume``.
+on the synthetic benchmark, by the gold reward (``mean_gold``).
+
+rjs saves an engine state (weights, optimizer, schedule, RNG, data position, plus its round and
+best-of-n set: :mod:`oodpl.models.trainers.sampling_checkpoint`) every ``train.save_every``
+steps and at the end, and resumes with ``--resume`` (:mod:`.runs`); the "before" evaluation is
+logged before training, so a resumed run (of the same initial policy) does not log it again.
+ppo writes no resumable state, so it does not take ``--resume``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from oodpl.cli.pipelines.evaluate import (
     reward_model_scorer,
     score_generations,
 )
-from oodpl.cli.pipelines.runs import RunContext, barrier, final_weights
+from oodpl.cli.pipelines.runs import STATES_KEPT, RunContext, barrier, final_weights
 from oodpl.cli.report.results import SummaryRow
 
 
@@ -65,20 +70,36 @@ def _group_mean(ctx: RunContext, scores: dict, group: str) -> float | None:
     return math.fsum(values) / len(values) if values else None
 
 
+def _group_rows(ctx: RunContext, scores: dict) -> dict[str, float]:
+    """``{"<scorer>/<id|ood>": mean}`` of one evaluation."""
+    out = {}
+    for name, by_domain in scores.items():
+        for group in ("id", "ood"):
+            value = _group_mean(ctx, by_domain, group)
+            if value is not None:
+                out[f"{name}/{group}"] = value
+    return out
+
+
+def _log_eval(ctx: RunContext, scores: dict, step: int) -> None:
+    """Log an evaluation at ``step`` (phase "eval"); the step-0 ("before") evaluation of a
+    resumed run is already in metrics.jsonl and is not logged again."""
+    logged = _group_rows(ctx, scores)
+    if ctx.run is not None and logged and not (step == 0 and ctx.resumed):
+        ctx.run.log_metrics(step, logged, phase="eval")
+
+
 def _outcome(ctx: RunContext, before: dict, after: dict, steps: int) -> Any:
+    """Log the "after" evaluation at ``steps`` and build the run's outcome (the "before" one is
+    logged when it is computed, before training)."""
     from oodpl.cli.pipelines.train import Outcome
 
-    rows = []
-    for label, scores in (("before", before), ("after", after)):
-        logged = {}
-        for name, by_domain in scores.items():
-            for group in ("id", "ood"):
-                value = _group_mean(ctx, by_domain, group)
-                if value is not None:
-                    rows.append(SummaryRow(f"{name}/{group}", value, note=label))
-                    logged[f"{name}/{group}"] = value
-        if ctx.run is not None and logged:
-            ctx.run.log_metrics(0 if label == "before" else steps, logged, phase="eval")
+    _log_eval(ctx, after, steps)
+    rows = [
+        SummaryRow(metric, value, note=label)
+        for label, scores in (("before", before), ("after", after))
+        for metric, value in _group_rows(ctx, scores).items()
+    ]
     metric = "mean_gold" if "mean_gold" in after else "mean_reward"
     generation = {label: scores[metric] for label, scores in (("before", before), ("after", after))}
     scorer = "gold reward" if metric == "mean_gold" else "reward model"
@@ -103,6 +124,7 @@ def run_rjs(ctx: RunContext) -> Any:
     reward_model = B.load_reward_model(cfg, rjs.reward_model, "train.rjs.reward_model")
     policy, _, rebuild = _policy_and_tokenizer(ctx)
     before = _generation_eval(ctx, policy, reward_model, "before")
+    _log_eval(ctx, before, 0)
     prompts = _prompts(ctx, ctx.data.train_domains)
     steps = _steps(ctx, len(prompts))
     generation = GenerationOptions(
@@ -120,7 +142,16 @@ def run_rjs(ctx: RunContext) -> Any:
     )
     with B.user_errors("kind rjs"):
         result = train_rjs(
-            policy, reward_model, prompts, config, engine=_engine(cfg, steps), log_path=ctx.log_path
+            policy,
+            reward_model,
+            prompts,
+            config,
+            engine=_engine(cfg, steps),
+            log_path=ctx.log_path,
+            checkpoint_dir=ctx.checkpoints,
+            checkpoint_every=cfg.train.save_every,
+            keep_last=STATES_KEPT,
+            resume_from=ctx.resume_from,
         )
     final = final_weights(ctx, policy, result.engine, rebuild)
     after = _generation_eval(ctx, final, reward_model, "after")
@@ -143,6 +174,7 @@ def run_ppo(ctx: RunContext) -> Any:
     reward_model = B.load_reward_model(cfg, ppo.reward_model, "train.ppo.reward_model")
     policy, _, rebuild = _policy_and_tokenizer(ctx)
     before = _generation_eval(ctx, policy, reward_model, "before")
+    _log_eval(ctx, before, 0)
     prompts = _prompts(ctx, domains)
     iterations = cfg.train.max_steps or max(
         1, math.ceil(cfg.train.epochs * len(prompts) / ppo.rollout_batch_size)
