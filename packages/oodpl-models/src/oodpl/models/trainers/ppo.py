@@ -19,6 +19,11 @@ or DeepSpeed up to ZeRO-2: rollouts need whole weights). Means are over response
 Dropout is off throughout (eval mode), so ``ρ = 1`` at the first update of every rollout.
 The reference ``π_ref`` is a frozen copy of the policy as passed in (or ``reference_model``).
 Responses are re-tokenised from the decoded samples (eos appended, as for the reward model).
+
+Resumable: with ``checkpoint_dir`` an engine state (policy + value head, optimizer, schedule,
+RNG) is saved after every ``checkpoint_every``-th iteration and after the last, with the
+iteration count, the prompt-order generator's state, the unused prompt order and the iteration
+records (:mod:`oodpl.models.trainers.sampling_checkpoint`); ``resume_from`` continues from it.
 """
 
 from __future__ import annotations
@@ -55,6 +60,14 @@ from oodpl.models.trainers._policy_common import (
     resolve_engine,
     sample_responses,
     score_responses,
+)
+from oodpl.models.trainers.sampling_checkpoint import (
+    RoundState,
+    check_checkpointing,
+    load_round_state,
+    ppo_data,
+    ppo_fingerprint,
+    save_engine_checkpoint,
 )
 
 Tensor = torch.Tensor
@@ -355,6 +368,10 @@ def train_ppo(
     reference_model: Policy | None = None,
     engine: EngineConfig | None = None,
     log_path: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
+    keep_last: int | None = None,
+    resume_from: str | Path | None = None,
 ) -> PPOResult:
     """PPO of ``policy`` (in place) against ``reward_model`` on ``prompts`` (module docstring).
 
@@ -367,6 +384,12 @@ def train_ppo(
         engine: an :class:`EngineConfig` (torch, or DeepSpeed up to ZeRO-2); the engine trains
             the policy and the value head together.
         log_path: JSONL, one record per iteration.
+        checkpoint_dir, checkpoint_every, keep_last: an engine state after every
+            ``checkpoint_every``-th iteration (``0``: only after the last) and after the last;
+            ``keep_last`` prunes older ones.
+        resume_from: a state directory or a checkpoint root with ``latest``: continue that run
+            (the same settings and initial policy; ``iterations`` may grow). ``history`` then
+            holds the saved iterations' records too; ``log_path`` gets only the new ones.
     """
     policy = check_policy(policy)
     texts = check_prompts(prompts)
@@ -381,11 +404,27 @@ def train_ppo(
     trainer = resolve_engine(actor_critic, engine)
     reference.to(trainer.device)
     actor_critic.eval()
+    check_checkpointing(checkpoint_every, keep_last)
     logger = JsonlLogger(log_path) if log_path is not None and trainer.is_main else None
     generator = torch.Generator().manual_seed(config.seed)
     order: list[int] = []
     result = PPOResult(policy, engine=trainer, actor_critic=actor_critic)
-    for iteration in range(config.iterations):
+    state = RoundState("ppo", ppo_fingerprint(config, texts, trainer))
+    first, micro_batches = 0, 0
+    if resume_from is not None:
+        state_dir = load_round_state(resume_from, state)
+        saved = ppo_data(state, state_dir / "extra.json", len(texts))
+        if state.round > config.iterations:
+            raise ValueError(
+                f"{state_dir}: the checkpoint is after iteration {state.round}, past the run's "
+                f"iterations={config.iterations}"
+            )
+        trainer.load_state(state_dir)
+        generator.set_state(saved["generator"])
+        order, micro_batches = saved["order"], saved["micro_batches"]
+        result.history.extend(saved["history"])
+        first = state.round
+    for iteration in range(first, config.iterations):
         while len(order) < config.rollout_size:
             order += torch.randperm(len(texts), generator=generator).tolist()
         chosen = [texts[i] for i in order[: config.rollout_size]]
@@ -393,6 +432,9 @@ def train_ppo(
         seed = config.seed + 7919 * (iteration + 1)
         rollout = collect_rollout(trainer, reference, reward_model, chosen, config, seed)
         losses = ppo_updates(trainer, rollout, config, generator)
+        micro_batches += config.ppo_epochs * math.ceil(
+            rollout.mask.shape[0] / trainer.config.micro_batch_size
+        )
         record = {"iteration": iteration, "step": trainer.global_step}
         record.update({**rollout.metrics(), **losses})
         if not all(math.isfinite(v) for v in record.values()):
@@ -400,6 +442,20 @@ def train_ppo(
         result.history.append(record)
         if logger is not None:
             logger(record)
+        done = iteration + 1
+        due = (checkpoint_every and done % checkpoint_every == 0) or done == config.iterations
+        if checkpoint_dir is not None and due and micro_batches % trainer.config.grad_accum == 0:
+            state.begin(
+                done,
+                trainer.global_step,
+                generator=[int(v) for v in generator.get_state().tolist()],
+                order=list(order),
+                micro_batches=micro_batches,
+                history=list(result.history),
+            )
+            result.last_checkpoint = save_engine_checkpoint(
+                trainer, checkpoint_dir, state, keep_last=keep_last
+            )
     return result
 
 

@@ -1,4 +1,5 @@
-"""Checkpoints of the sampling trainers (RJS, :func:`oodpl.models.trainers.rjs.train_rjs`).
+"""Checkpoints of the sampling trainers (RJS: :func:`oodpl.models.trainers.rjs.train_rjs`; PPO:
+:func:`oodpl.models.trainers.ppo.train_ppo`, see the end of this docstring).
 
 A sampling trainer runs rounds: sample from the policy, build a training set from the samples
 (RJS: the reward model's best of ``n`` per prompt), then take optimizer steps on it with the
@@ -25,6 +26,18 @@ depend only on the round, the loop reseeds the RNGs at each round's start). The 
 ``reward_batch_size``, ``max_length``, ``max_prompt_length``, ``seed``, the prompts' count and
 SHA-256) must equal the saved one; ``iterations`` may grow. The reward model and the engine
 settings other than those the loop checks (global batch size, seed) are the caller's to keep.
+
+PPO takes no engine-loop steps: :func:`save_engine_checkpoint` writes the same engine state
+(the actor-critic's weights, i.e. policy and value head, optimizer, schedule, RNG) after every
+``checkpoint_every``-th iteration and after the last, with ``trainer: "ppo"``, ``round`` = the
+iterations done and ``data`` = ``{"generator": the prompt-order/minibatch generator's state
+(bytes as ints), "order": the prompt indices not yet used, "micro_batches": micro-batches so far,
+"history": the iteration records so far}``. A state is written only on an accumulation boundary
+(``micro_batches % grad_accum == 0``; always with ``grad_accum = 1``). The PPO fingerprint: every
+:class:`PPOConfig` field except ``iterations`` (which may grow), the prompts' count and SHA-256,
+and the engine's ``micro_batch_size`` and ``grad_accum``. PPO has no adaptive KL controller
+(``kl_coef`` is fixed and fingerprinted). The reference policy is a copy of the policy passed
+in, so a resumed run must be given the same initial policy.
 """
 
 from __future__ import annotations
@@ -36,7 +49,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from oodpl.models.engine.loop import resolve_checkpoint
+import torch
+
+from oodpl.models.engine.base import TrainingEngine
+from oodpl.models.engine.loop import checkpoint_name, point_latest, resolve_checkpoint
 from oodpl.models.engine.state import EngineStateError, read_json
 from oodpl.models.trainers.meta_checkpoint import check_fingerprint
 
@@ -72,6 +88,34 @@ def rjs_fingerprint(config: Any, prompts: Sequence[str]) -> dict[str, Any]:
     out = {name: _plain(getattr(config, name)) for name in RJS_FIELDS}
     out["n_prompts"] = len(prompts)
     out["prompts_sha256"] = prompts_digest(prompts)
+    return out
+
+
+PPO_FIELDS = (
+    "rollout_size",
+    "ppo_epochs",
+    "kl_coef",
+    "gamma",
+    "lam",
+    "clip_range",
+    "value_clip_range",
+    "value_coef",
+    "whiten_advantages",
+    "generation",
+    "reward_batch_size",
+    "max_length",
+    "max_prompt_length",
+    "seed",
+)
+
+
+def ppo_fingerprint(config: Any, prompts: Sequence[str], engine: TrainingEngine) -> dict[str, Any]:
+    """What a resumed PPO run must share with the saved one (see the module docstring)."""
+    out = {name: _plain(getattr(config, name)) for name in PPO_FIELDS}
+    out["n_prompts"] = len(prompts)
+    out["prompts_sha256"] = prompts_digest(prompts)
+    out["micro_batch_size"] = engine.config.micro_batch_size
+    out["grad_accum"] = engine.config.grad_accum
     return out
 
 
@@ -147,6 +191,63 @@ def load_round_state(resume_from: str | Path, state: RoundState) -> Path:
     return state_dir
 
 
+def save_engine_checkpoint(
+    engine: TrainingEngine, root: str | Path, state: RoundState, *, keep_last: int | None
+) -> Path:
+    """Write the engine state with ``state`` as its ``trainer_state`` to
+    ``root/step-XXXXXXXX`` (staged, renamed), point ``root/latest`` at it and prune to
+    ``keep_last`` states (as the engine loop does); collective."""
+    root = Path(root)
+    name = checkpoint_name(engine.global_step)
+    path = engine.save_state(root / name, extra={"trainer_state": state.state_dict()})
+    if engine.is_main:
+        point_latest(root, name, keep_last=keep_last)
+    engine.barrier()
+    return path
+
+
+def check_checkpointing(checkpoint_every: object, keep_last: object) -> None:
+    """``checkpoint_every`` an int >= 0, ``keep_last`` an int >= 1 or ``None``."""
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int):
+        raise TypeError(f"checkpoint_every must be an int, got {checkpoint_every!r}")
+    if checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
+    if keep_last is not None and (
+        isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
+    ):
+        raise ValueError(f"keep_last must be an int >= 1 or None, got {keep_last!r}")
+
+
+def ppo_data(state: RoundState, where: Path, n_prompts: int) -> dict[str, Any]:
+    """The checked ``data`` of a PPO state: ``generator`` (a uint8 tensor), ``order``,
+    ``micro_batches``, ``history``; ``EngineStateError`` naming ``where`` and the field."""
+    data = state.data
+    generator = data.get("generator")
+    if not isinstance(generator, list) or not all(
+        isinstance(v, int) and 0 <= v < 256 for v in generator
+    ):
+        raise EngineStateError(f"{where}: the field 'data.generator' must be a list of bytes")
+    order = data.get("order")
+    if not isinstance(order, list) or not all(
+        isinstance(i, int) and 0 <= i < n_prompts for i in order
+    ):
+        raise EngineStateError(f"{where}: the field 'data.order' must list prompt indices")
+    micro = data.get("micro_batches")
+    if isinstance(micro, bool) or not isinstance(micro, int) or micro < 0:
+        raise EngineStateError(f"{where}: the field 'data.micro_batches' must be an int >= 0")
+    history = data.get("history")
+    if not isinstance(history, list) or len(history) != state.round:
+        raise EngineStateError(
+            f"{where}: the field 'data.history' must hold the {state.round} iterations done"
+        )
+    return {
+        "generator": torch.tensor(generator, dtype=torch.uint8),
+        "order": list(order),
+        "micro_batches": micro,
+        "history": [dict(r) for r in history],
+    }
+
+
 def rjs_round_data(state: RoundState, where: Path) -> tuple[list[dict[str, str]], list[dict]]:
     """``(selected, rounds)`` of an RJS round state, checked: ``EngineStateError`` naming
     ``where`` and the field."""
@@ -173,10 +274,15 @@ def rjs_round_data(state: RoundState, where: Path) -> tuple[list[dict[str, str]]
 
 
 __all__ = [
+    "PPO_FIELDS",
     "RJS_FIELDS",
     "RoundState",
+    "check_checkpointing",
     "load_round_state",
+    "ppo_data",
+    "ppo_fingerprint",
     "prompts_digest",
     "rjs_fingerprint",
     "rjs_round_data",
+    "save_engine_checkpoint",
 ]
