@@ -95,9 +95,9 @@ def test_option_conflicts_and_unsupported_combinations(
     one_line_error(invoke("train", "meta", "--deepspeed", "zero2"), "torch backend only")
     fake = tmp_path / "sampling-run"
     fake.mkdir()
-    (fake / "config.yaml").write_text("kind: ppo\ntrain: {ppo: {reward_model: x}}\n")
-    one_line_error(invoke("train", "ppo", "--resume", str(fake)), "cannot be resumed")
-    one_line_error(invoke("train", "rm", "--resume", str(fake)), "is a 'ppo' run")
+    (fake / "config.yaml").write_text("kind: meta-test\ntrain: {meta: {reward_model: x}}\n")
+    one_line_error(invoke("train", "meta-test", "--resume", str(fake)), "cannot be resumed")
+    one_line_error(invoke("train", "rm", "--resume", str(fake)), "is a 'meta-test' run")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     one_line_error(invoke("train", "rm"), "2-process run needs an explicit run directory")

@@ -19,10 +19,11 @@ ppo         RL against a trained RM with a KL penalty      mean RM (and gold) re
 ==========  =============================================  ====================================
 
 The kinds whose trainers run the engine loop with checkpoints (sft, rm, dpo, hpl; rjs with its
-round and best-of-n set, :mod:`oodpl.models.trainers.sampling_checkpoint`) and meta (its own
-checkpoints, :mod:`oodpl.models.trainers.meta_checkpoint`) save a state every
-``train.save_every`` steps and resume with ``--resume`` (:mod:`.runs`); the others (meta-test,
-ppo) write no resumable state. Evaluation runs before and after training.
+round and best-of-n set), ppo (engine states after rollout iterations; both
+:mod:`oodpl.models.trainers.sampling_checkpoint`) and meta (its own checkpoints,
+:mod:`oodpl.models.trainers.meta_checkpoint`) save a state every ``train.save_every`` steps
+(ppo: iterations) and resume with ``--resume`` (:mod:`.runs`); meta-test writes no resumable
+state. Evaluation runs before and after training.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from oodpl.cli.pipelines.runs import RunContext, barrier, final_weights, prepare
 from oodpl.cli.pipelines.sections import domains_label, log_evaluation, write_evaluations
 from oodpl.cli.report.results import SummaryRow
 
-RESUMABLE = ("sft", "rm", "dpo", "hpl", "meta", "rjs")
+RESUMABLE = ("sft", "rm", "dpo", "hpl", "meta", "rjs", "ppo")
 TORCH_ONLY = ("meta",)
 
 

@@ -12,11 +12,13 @@ Evaluated before and after: responses sampled for the evaluation prompts of ever
 ``eval.temperatures`` × ``eval.repetitions``, scored by that reward model (``mean_reward``) and,
 on the synthetic benchmark, by the gold reward (``mean_gold``).
 
-rjs saves an engine state (weights, optimizer, schedule, RNG, data position, plus its round and
-best-of-n set: :mod:`oodpl.models.trainers.sampling_checkpoint`) every ``train.save_every``
-steps and at the end, and resumes with ``--resume`` (:mod:`.runs`); the "before" evaluation is
-logged before training, so a resumed run (of the same initial policy) does not log it again.
-ppo writes no resumable state, so it does not take ``--resume``.
+Both resume with ``--resume`` (:mod:`.runs`) from engine states with their round bookkeeping
+(:mod:`oodpl.models.trainers.sampling_checkpoint`): rjs saves one (weights, optimizer, schedule,
+RNG, data position, its round and best-of-n set) every ``train.save_every`` optimizer steps and
+at the end; ppo (policy + value head, optimizer, schedule, RNG, prompt order, iteration records)
+after every ``train.save_every``-th rollout iteration and after the last. The "before"
+evaluation is logged before training, so a resumed run (of the same initial policy, which is
+also PPO's reference) does not log it again.
 """
 
 from __future__ import annotations
@@ -197,7 +199,16 @@ def run_ppo(ctx: RunContext) -> Any:
     )
     with B.user_errors("kind ppo"):
         result = train_ppo(
-            policy, reward_model, prompts, config, engine=_engine(cfg, steps), log_path=ctx.log_path
+            policy,
+            reward_model,
+            prompts,
+            config,
+            engine=_engine(cfg, steps),
+            log_path=ctx.log_path,
+            checkpoint_dir=ctx.checkpoints,
+            checkpoint_every=cfg.train.save_every,
+            keep_last=STATES_KEPT,
+            resume_from=ctx.resume_from,
         )
     final = final_weights(ctx, policy, result.engine, rebuild)
     after = _generation_eval(ctx, final, reward_model, "after")
