@@ -218,7 +218,12 @@ class TrainConfig:
         default=0, metadata=doc("evaluate every N steps; 0 = at the end only", ge=0)
     )
     save_every: int = field(
-        default=0, metadata=doc("checkpoint every N steps; 0 = at the end only", ge=0)
+        default=0,
+        metadata=doc(
+            "checkpoint every N steps (meta: outer steps; ppo: rollout iterations); "
+            "0 = at the end only",
+            ge=0,
+        ),
     )
     init_from: str | None = field(
         default=None, metadata=doc("policy checkpoint to start from (e.g. the SFT run)")
