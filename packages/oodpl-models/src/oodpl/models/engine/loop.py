@@ -160,10 +160,7 @@ def train(
     max_steps = cfg.max_steps if max_steps is None else max_steps
     if not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
-    if checkpoint_every < 0:
-        raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
-    if keep_last is not None and keep_last < 1:
-        raise ValueError(f"keep_last must be >= 1 or None, got {keep_last}")
+    check_checkpointing(checkpoint_every, keep_last)
     collate = collate_fn or torch.utils.data.default_collate
     n_items = len(dataset)
     gbs = cfg.global_batch_size(engine.world_size)
@@ -294,6 +291,19 @@ def _save(
         point_latest(root, name, keep_last=keep_last)
     engine.barrier()
     return path
+
+
+def check_checkpointing(checkpoint_every: object, keep_last: object) -> None:
+    """``checkpoint_every`` an int >= 0, ``keep_last`` an int >= 1 or ``None`` (every trainer
+    that writes states checks its arguments with this)."""
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int):
+        raise TypeError(f"checkpoint_every must be an int, got {checkpoint_every!r}")
+    if checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
+    if keep_last is not None and (
+        isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
+    ):
+        raise ValueError(f"keep_last must be an int >= 1 or None, got {keep_last!r}")
 
 
 def point_latest(root: Path, name: str, *, keep_last: int | None) -> None:

@@ -33,7 +33,12 @@ from typing import Any
 import torch
 
 from oodpl.core.bilevel import MetaResume
-from oodpl.models.engine.loop import LATEST_FILE, checkpoint_name, point_latest
+from oodpl.models.engine.loop import (
+    LATEST_FILE,
+    check_checkpointing,
+    checkpoint_name,
+    point_latest,
+)
 from oodpl.models.engine.state import (
     EngineStateError,
     begin_staging,
@@ -268,14 +273,7 @@ class MetaCheckpoints:
         checkpoint_every: int,
         keep_last: int | None,
     ) -> None:
-        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int):
-            raise TypeError(f"checkpoint_every must be an int, got {checkpoint_every!r}")
-        if checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
-        if keep_last is not None and (
-            isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
-        ):
-            raise ValueError(f"keep_last must be an int >= 1 or None, got {keep_last!r}")
+        check_checkpointing(checkpoint_every, keep_last)
         self.fingerprint = dict(fingerprint)
         self.steps = steps
         self.root = Path(checkpoint_dir) if checkpoint_dir is not None else None

@@ -45,7 +45,7 @@ from oodpl.models.backbone import (
     validate_batch,
 )
 from oodpl.models.engine import EngineConfig, TrainingEngine
-from oodpl.models.engine.loop import JsonlLogger
+from oodpl.models.engine.loop import JsonlLogger, check_checkpointing
 from oodpl.models.policy import Policy
 from oodpl.models.trainers._policy_common import (
     CollateOptions,
@@ -63,7 +63,6 @@ from oodpl.models.trainers._policy_common import (
 )
 from oodpl.models.trainers.sampling_checkpoint import (
     RoundState,
-    check_checkpointing,
     load_round_state,
     ppo_data,
     ppo_fingerprint,

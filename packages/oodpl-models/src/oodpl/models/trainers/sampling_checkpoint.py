@@ -206,18 +206,6 @@ def save_engine_checkpoint(
     return path
 
 
-def check_checkpointing(checkpoint_every: object, keep_last: object) -> None:
-    """``checkpoint_every`` an int >= 0, ``keep_last`` an int >= 1 or ``None``."""
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int):
-        raise TypeError(f"checkpoint_every must be an int, got {checkpoint_every!r}")
-    if checkpoint_every < 0:
-        raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
-    if keep_last is not None and (
-        isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
-    ):
-        raise ValueError(f"keep_last must be an int >= 1 or None, got {keep_last!r}")
-
-
 def ppo_data(state: RoundState, where: Path, n_prompts: int) -> dict[str, Any]:
     """The checked ``data`` of a PPO state: ``generator`` (a uint8 tensor), ``order``,
     ``micro_batches``, ``history``; ``EngineStateError`` naming ``where`` and the field."""
@@ -277,7 +265,6 @@ __all__ = [
     "PPO_FIELDS",
     "RJS_FIELDS",
     "RoundState",
-    "check_checkpointing",
     "load_round_state",
     "ppo_data",
     "ppo_fingerprint",
