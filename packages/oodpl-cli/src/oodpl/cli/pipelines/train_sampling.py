@@ -33,7 +33,7 @@ from oodpl.cli.pipelines.evaluate import (
     reward_model_scorer,
     score_generations,
 )
-from oodpl.cli.pipelines.runs import STATES_KEPT, RunContext, barrier, final_weights
+from oodpl.cli.pipelines.runs import RunContext, barrier, final_weights
 from oodpl.cli.report.results import SummaryRow
 
 
@@ -149,11 +149,7 @@ def run_rjs(ctx: RunContext) -> Any:
             prompts,
             config,
             engine=_engine(cfg, steps),
-            log_path=ctx.log_path,
-            checkpoint_dir=ctx.checkpoints,
-            checkpoint_every=cfg.train.save_every,
-            keep_last=STATES_KEPT,
-            resume_from=ctx.resume_from,
+            **ctx.trainer_io(),
         )
     final = final_weights(ctx, policy, result.engine, rebuild)
     after = _generation_eval(ctx, final, reward_model, "after")
@@ -204,11 +200,7 @@ def run_ppo(ctx: RunContext) -> Any:
             prompts,
             config,
             engine=_engine(cfg, steps),
-            log_path=ctx.log_path,
-            checkpoint_dir=ctx.checkpoints,
-            checkpoint_every=cfg.train.save_every,
-            keep_last=STATES_KEPT,
-            resume_from=ctx.resume_from,
+            **ctx.trainer_io(),
         )
     final = final_weights(ctx, policy, result.engine, rebuild)
     after = _generation_eval(ctx, final, reward_model, "after")
